@@ -1,0 +1,139 @@
+"""Test set-up shared by tests/, README.md, spec.md and docs/*.md.
+
+The Markdown documents run through Sybil.  Their ```python blocks run in
+order, sharing one namespace per document, with two conventions:
+
+- a block whose first line is ``# steadymark: ignore`` is shown, not run, as
+  steadymark did;
+- a block whose first line is ``# file: some/path.py`` is not run: it is
+  written to that path in a temporary directory on ``sys.path``, so a document
+  can declare ``shop/events.py`` and then log ``'shop.Refund'``.
+
+Every document and every test starts from eventlib's default settings, an
+empty handler registry (but for what it declares) and no imported apps.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterable, Iterator
+from doctest import ELLIPSIS
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sybil import Document, Example, Region, Sybil
+from sybil.parsers.markdown import PythonCodeBlockParser
+
+from eventlib import conf, discovery, processing, serialization
+from eventlib.registry import HANDLER_REGISTRY
+
+IGNORE_MARKER = "# steadymark: ignore"
+FILE_MARKER = "# file:"
+
+
+class Isolation:
+    """Undo what a test or document did to eventlib's global state and to
+    ``sys.path``/``sys.modules``."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="eventlib-apps-"))
+        self._registry = HANDLER_REGISTRY._snapshot()
+        self._codecs = dict(serialization._by_tag), dict(serialization._by_type)
+        self._modules = set(sys.modules)
+        sys.path.insert(0, str(self.root))
+        conf.reset()
+        discovery.clear_cache()
+        processing._forget_discovery()
+
+    def write(self, relative: str, source: str) -> Path:
+        """Write a module under the temporary root, creating the packages
+        above it, and make sure a stale import of it is forgotten."""
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for package in list(path.relative_to(self.root).parents)[:-1]:
+            (self.root / package / "__init__.py").touch()
+        path.write_text(textwrap.dedent(source))
+        module = ".".join(path.relative_to(self.root).with_suffix("").parts)
+        sys.modules.pop(module, None)
+        discovery.clear_cache()
+        return path
+
+    def close(self) -> None:
+        sys.path.remove(str(self.root))
+        for name in set(sys.modules) - self._modules:
+            module_file = getattr(sys.modules[name], "__file__", None) or ""
+            if module_file.startswith(str(self.root)):
+                del sys.modules[name]
+        HANDLER_REGISTRY._restore(self._registry)
+        serialization._by_tag.clear()
+        serialization._by_tag.update(self._codecs[0])
+        serialization._by_type.clear()
+        serialization._by_type.update(self._codecs[1])
+        serialization._lookup_cache.clear()
+        conf.reset()
+        discovery.clear_cache()
+        processing._forget_discovery()
+
+
+@pytest.fixture
+def isolation() -> Iterator[Isolation]:
+    """Isolate a test (tests/conftest.py makes it automatic there); use
+    ``isolation.write('shop/events.py', source)`` to create an app."""
+    isolated = Isolation()
+    try:
+        yield isolated
+    finally:
+        isolated.close()
+
+
+# ---------------------------------------------------------------- Sybil ---
+
+
+class SpecParser:
+    """Python code blocks, doctest or plain, honouring the two markers."""
+
+    def __init__(self) -> None:
+        self.python = PythonCodeBlockParser(doctest_optionflags=ELLIPSIS)
+
+    def __call__(self, document: Document) -> Iterable[Region]:
+        for region in self.python.codeblock_parser(document):
+            source = region.parsed
+            first_line = source.lstrip().split("\n", 1)[0].strip()
+            if first_line == IGNORE_MARKER:
+                continue
+            if first_line.startswith(FILE_MARKER):
+                region.evaluator = self.write_file
+                yield region
+            elif source.startswith(">>>"):
+                for doctest_region in self.python.doctest_parser(source, document.path):
+                    doctest_region.adjust(region, source)
+                    yield doctest_region
+            else:
+                yield region
+
+    @staticmethod
+    def write_file(example: Example) -> None:
+        source = str(example.parsed)
+        first_line, _, body = source.partition("\n")
+        relative = first_line.strip()[len(FILE_MARKER) :].strip()
+        example.namespace["_isolation"].write(relative, body)
+
+
+def _setup(namespace: dict[str, Any]) -> None:
+    namespace["_isolation"] = Isolation()
+    namespace["__name__"] = "spec"
+
+
+def _teardown(namespace: dict[str, Any]) -> None:
+    namespace["_isolation"].close()
+
+
+pytest_collect_file = Sybil(
+    parsers=[SpecParser()],
+    patterns=["README.md", "spec.md", "docs/*.md"],
+    setup=_setup,
+    teardown=_teardown,
+).pytest()

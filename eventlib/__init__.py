@@ -1,0 +1,41 @@
+"""eventlib: log events in one cheap call, process them in Celery workers.
+
+The public API is what this module exports; everything else is importable but
+internal.  See the README for the list and spec.md for the behaviour.
+"""
+
+from .conf import configure
+from .discovery import autodiscover
+from .dispatch import log
+from .event import BaseEvent
+from .exceptions import (
+    ConfigurationError,
+    DeserializationError,
+    EventlibError,
+    EventNotFound,
+    InvalidEventName,
+    SerializationError,
+    ValidationError,
+)
+from .processing import ProcessResult, process
+from .registry import HANDLER_REGISTRY, handler
+from .serialization import register_type
+
+__all__ = [
+    "HANDLER_REGISTRY",
+    "BaseEvent",
+    "ConfigurationError",
+    "DeserializationError",
+    "EventNotFound",
+    "EventlibError",
+    "InvalidEventName",
+    "ProcessResult",
+    "SerializationError",
+    "ValidationError",
+    "autodiscover",
+    "configure",
+    "handler",
+    "log",
+    "process",
+    "register_type",
+]

@@ -1,0 +1,190 @@
+"""eventlib's settings: ``configure()`` in code, ``EVENTLIB_<NAME>`` in the
+environment.
+
+A value given to :func:`configure` wins over the environment, which wins over
+the default.  The environment is read once, the first time a setting is used;
+:func:`configure` (with or without arguments) reads it again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .exceptions import ConfigurationError
+
+ENV_PREFIX = "EVENTLIB_"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings in force.  Read them with :func:`get_settings`,
+    change them with :func:`configure`."""
+
+    #: Run handlers in the calling process, through the same serialization
+    #: round trip a worker would see, instead of sending to a broker.
+    always_eager: bool = False
+    #: Raise a ``ValidationError`` from ``log()`` instead of logging it.
+    #: ``None`` means "the same as ``always_eager``".
+    raise_errors: bool | None = None
+    #: Packages whose ``events`` module :func:`eventlib.autodiscover` imports.
+    apps: tuple[str, ...] = ()
+    #: Broker of the Celery app eventlib creates when no ``celery_app`` is given.
+    broker_url: str | None = None
+    #: The Celery queue events are sent to.
+    queue: str = "eventlib"
+    #: A Celery app of the user's; when ``None`` eventlib creates its own.
+    #: Code only: there is no environment variable for it.
+    celery_app: Any = field(default=None, compare=False)
+
+    @property
+    def should_raise(self) -> bool:
+        """Whether ``log()`` raises validation errors (``raise_errors``,
+        defaulting to ``always_eager``)."""
+        return self.always_eager if self.raise_errors is None else self.raise_errors
+
+
+def _parse_bool(name: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigurationError(
+        f"{ENV_PREFIX}{name.upper()}={text!r} is not a boolean: use one of "
+        f"{', '.join(sorted(_TRUE | _FALSE - {''}))}"
+    )
+
+
+def _parse_optional_bool(name: str, text: str) -> bool | None:
+    return None if text.strip() == "" else _parse_bool(name, text)
+
+
+def _parse_apps(name: str, text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _parse_text(name: str, text: str) -> str:
+    return text.strip()
+
+
+_FROM_ENV: dict[str, Callable[[str, str], Any]] = {
+    "always_eager": _parse_bool,
+    "raise_errors": _parse_optional_bool,
+    "apps": _parse_apps,
+    "broker_url": _parse_text,
+    "queue": _parse_text,
+}
+
+_NAMES = frozenset(f.name for f in fields(Settings))
+
+
+def _check(name: str, value: Any) -> Any:
+    """Normalise a value given to ``configure()``, refusing what cannot work."""
+    if name in ("always_eager",) and not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, not {value!r}")
+    if name == "raise_errors" and value is not None and not isinstance(value, bool):
+        raise ConfigurationError(f"raise_errors must be True, False or None, not {value!r}")
+    if name == "apps":
+        if isinstance(value, str) or not isinstance(value, Iterable):
+            raise ConfigurationError(f"apps must be a list of package names, not {value!r}")
+        value = tuple(value)
+        for app in value:
+            if not isinstance(app, str) or not app:
+                raise ConfigurationError(f"apps must hold package names, not {app!r}")
+    if name == "queue" and (not isinstance(value, str) or not value):
+        raise ConfigurationError(f"queue must be a non-empty string, not {value!r}")
+    if name == "broker_url" and value is not None and not isinstance(value, str):
+        raise ConfigurationError(f"broker_url must be a string, not {value!r}")
+    return value
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from the defaults and ``EVENTLIB_<NAME>`` variables.
+
+    Raises :class:`ConfigurationError` naming the variable when one does not
+    parse.
+    """
+    environ = os.environ if environ is None else environ
+    values = {}
+    for name, parse in _FROM_ENV.items():
+        key = ENV_PREFIX + name.upper()
+        if environ.get(key, "").strip():  # an empty variable means unset
+            values[name] = parse(name, environ[key])
+    return Settings(**values)
+
+
+class _SettingsHolder:
+    """Holds the settings in force and the overrides given in code."""
+
+    def __init__(self) -> None:
+        self._overrides: dict[str, Any] = {}
+        self._current: Settings | None = None
+        self._listeners: list[Callable[[Settings], None]] = []
+
+    @property
+    def current(self) -> Settings:
+        if self._current is None:
+            self._current = replace(settings_from_env(), **self._overrides)
+        return self._current
+
+    def configure(self, values: Mapping[str, Any]) -> Settings:
+        unknown = sorted(set(values) - _NAMES)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting(s): {', '.join(unknown)}; "
+                f"eventlib knows {', '.join(sorted(_NAMES))}"
+            )
+        checked = {name: _check(name, value) for name, value in values.items()}
+        overrides = {**self._overrides, **checked}
+        new = replace(settings_from_env(), **overrides)
+        self._overrides = overrides
+        self._current = new
+        for listener in self._listeners:
+            listener(new)
+        return new
+
+    def reset(self) -> None:
+        self._overrides = {}
+        self._current = None
+        for listener in self._listeners:
+            listener(self.current)
+
+    def on_change(self, listener: Callable[[Settings], None]) -> None:
+        self._listeners.append(listener)
+
+
+_holder = _SettingsHolder()
+
+
+def get_settings() -> Settings:
+    """The settings in force."""
+    return _holder.current
+
+
+def configure(**values: Any) -> Settings:
+    """Change settings in code and return the settings now in force.
+
+    Accepts ``always_eager``, ``raise_errors``, ``apps``, ``broker_url``,
+    ``queue`` and ``celery_app``.  Settings not named keep the value they had
+    (from an earlier call, the environment or the default); the environment is
+    read again.  An unknown name or a value of the wrong type raises
+    :class:`~eventlib.ConfigurationError` and changes nothing.
+    """
+    return _holder.configure(values)
+
+
+def reset() -> None:
+    """Forget every value given to :func:`configure` and read the environment
+    again.  Meant for tests."""
+    _holder.reset()
+
+
+def on_change(listener: Callable[[Settings], None]) -> None:
+    """Call ``listener(settings)`` whenever settings change (internal)."""
+    _holder.on_change(listener)

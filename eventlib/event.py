@@ -1,0 +1,91 @@
+"""``BaseEvent``: what an event is, and how its data is validated."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from .discovery import EVENTS_MODULE
+from .exceptions import ValidationError
+from .registry import HANDLER_REGISTRY
+
+_EVENTS_SUFFIX = "." + EVENTS_MODULE
+
+
+class BaseEvent:
+    """The base class of every event.
+
+    Declare an event by subclassing it in your app's ``events`` module; the
+    class ``Refund`` in ``shop/events.py`` is the event ``'shop.Refund'``.
+    Declaring the class registers it in :data:`~eventlib.HANDLER_REGISTRY`,
+    together with its methods marked with ``@handler``.
+
+    An instance has:
+
+    - ``name``: the event name, ``'app.EventName'``;
+    - ``data``: a dict, the data given to ``log()`` (after ``clean()``);
+    - ``id``: a string, unique to this occurrence of the event, the same in
+      the caller and in every handler (use it to make handlers idempotent);
+    - ``created_at``: a timezone-aware UTC ``datetime``, when ``log()`` ran.
+    """
+
+    #: The event name, derived from the module and class name.
+    name: ClassVar[str] = "eventlib.BaseEvent"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        module = cls.__module__
+        app = module[: -len(_EVENTS_SUFFIX)] if module.endswith(_EVENTS_SUFFIX) else module
+        cls.name = f"{app}.{cls.__name__}"
+        HANDLER_REGISTRY._declare(cls)
+
+    def __init__(
+        self,
+        data: Mapping[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        created_at: datetime | None = None,
+    ) -> None:
+        self.data: dict[str, Any] = {} if data is None else dict(data)
+        self.id: str = id if id is not None else str(uuid.uuid4())
+        self.created_at: datetime = created_at if created_at is not None else datetime.now(UTC)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} id={self.id}>"
+
+    def clean(self) -> Mapping[str, Any] | None:
+        """Validate ``self.data``; override it in your event.
+
+        Raise :class:`~eventlib.ValidationError` to refuse the data.  Return a
+        new mapping to replace ``self.data`` (to normalise or add values), or
+        ``None`` to keep it.  It runs twice: in ``log()`` before the event is
+        sent, and in the worker on the deserialized data, so it must accept
+        its own output after a JSON round trip.
+        """
+        return None
+
+    def require_data_keys(self, keys: Iterable[str]) -> None:
+        """Raise :class:`~eventlib.ValidationError` unless every key is in
+        ``self.data``; the message lists the missing keys in the order given:
+        ``The following keys are missing: deal_id, code``."""
+        missing = [key for key in keys if key not in self.data]
+        if missing:
+            raise ValidationError(f"The following keys are missing: {', '.join(missing)}")
+
+    def validate(self) -> None:
+        """Run :meth:`clean` and apply what it returns.
+
+        Raises whatever ``clean()`` raises, and ``TypeError`` when it returns
+        something that is neither ``None`` nor a mapping.
+        """
+        cleaned = self.clean()
+        if cleaned is None:
+            return
+        if not isinstance(cleaned, Mapping):
+            raise TypeError(
+                f"{type(self).__qualname__}.clean() must return a mapping or None, "
+                f"not {type(cleaned).__name__}"
+            )
+        self.data = dict(cleaned)

@@ -1,0 +1,63 @@
+"""The errors eventlib raises.
+
+Every error derives from :class:`EventlibError`, so ``except EventlibError``
+catches anything eventlib itself decided to refuse.  Each one also derives from
+the built-in exception a Python programmer would expect for the same mistake
+(``ValueError`` for a bad value, ``LookupError`` for a missing event,
+``TypeError`` for data that cannot be serialized), so code that predates
+eventlib keeps working.
+"""
+
+from __future__ import annotations
+
+
+class EventlibError(Exception):
+    """Base class of every error raised by eventlib."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # Shown in tracebacks as eventlib.EventNotFound, where users import it.
+        cls.__module__ = "eventlib"
+
+
+EventlibError.__module__ = "eventlib"
+
+
+class ConfigurationError(EventlibError, ValueError):
+    """A setting has a value eventlib cannot use (unknown name, bad type,
+    an environment variable that does not parse)."""
+
+
+class InvalidEventName(EventlibError, ValueError):
+    """An event name is not of the form ``'app.EventName'``.
+
+    The app part may be dotted (``'shop.orders.Refund'``); every part must be a
+    Python identifier.
+    """
+
+
+class EventNotFound(EventlibError, LookupError):
+    """The name is well formed but no event class answers to it.
+
+    The message is always ``There is no event named <Class> in the <app> app``;
+    when the app has no ``events`` module at all, the import error is chained as
+    the ``__cause__``.
+    """
+
+
+class ValidationError(EventlibError, ValueError):
+    """An event's data was refused by its ``clean()`` method."""
+
+
+class SerializationError(EventlibError, TypeError):
+    """A value in an event's data has no JSON form.
+
+    The message names the key path and the type, for example
+    ``data['user']['joined']: cannot serialize object of type Foo``.
+    """
+
+
+class DeserializationError(EventlibError, ValueError):
+    """A payload could not be turned back into event data: it is not valid
+    JSON, it is not an eventlib payload, or it holds a tagged value whose type
+    is not registered in this process."""

@@ -1,0 +1,286 @@
+"""Event data to JSON and back, extensible for types JSON does not have.
+
+JSON's own values (``str``, ``int``, ``float``, ``bool``, ``None``, lists and
+dicts with string keys) pass through unchanged; a tuple becomes a list.  Any
+other value is written as a *tagged value*, ``{"__eventlib__": tag, "value":
+...}``, and read back by the decoder registered for its tag.  ``datetime``,
+``date``, ``time``, ``Decimal`` and ``UUID`` are registered here; users register
+their own types with :func:`register_type`.
+
+Decoding never imports a module or calls anything but a registered decoder:
+an unknown tag is a :class:`~eventlib.DeserializationError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
+from uuid import UUID
+
+from .exceptions import DeserializationError, SerializationError
+
+if TYPE_CHECKING:
+    from .event import BaseEvent
+
+T = TypeVar("T")
+
+TAG = "__eventlib__"
+VALUE = "value"
+
+_PLAIN = frozenset({str, int, bool, type(None)})
+# The base type's own conversion: str() of a (str, Enum) member is "Cls.NAME".
+_PLAIN_CONVERSIONS = ((int, int.__index__), (float, float.__float__), (str, str.__str__))
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How one type is written to JSON and read back."""
+
+    type: type
+    tag: str
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Any]
+
+
+_lock = threading.Lock()
+_by_tag: dict[str, Codec] = {}
+_by_type: dict[type, Codec] = {}
+_lookup_cache: dict[type, Codec | None] = {}
+_RESERVED_TAGS = frozenset({"datetime", "date", "time", "decimal", "uuid", "dict"})
+
+
+def _add(codec: Codec) -> None:
+    with _lock:
+        previous = _by_tag.get(codec.tag)
+        if previous is not None and previous.type is not codec.type:
+            _by_type.pop(previous.type, None)
+        _by_tag[codec.tag] = codec
+        _by_type[codec.type] = codec
+        _lookup_cache.clear()
+
+
+@overload
+def register_type(cls: type[T], /) -> type[T]: ...
+@overload
+def register_type(
+    cls: type[T],
+    /,
+    *,
+    encode: Callable[[T], Any],
+    decode: Callable[[Any], T],
+    tag: str | None = None,
+) -> type[T]: ...
+@overload
+def register_type(
+    cls: None = None,
+    /,
+    *,
+    encode: Callable[[T], Any] | None = None,
+    decode: Callable[[Any], T] | None = None,
+    tag: str | None = None,
+) -> Callable[[type[T]], type[T]]: ...
+def register_type(
+    cls: type | None = None,
+    /,
+    *,
+    encode: Callable[[Any], Any] | None = None,
+    decode: Callable[[Any], Any] | None = None,
+    tag: str | None = None,
+) -> Any:
+    """Teach eventlib to serialize instances of ``cls``.
+
+    With a function pair::
+
+        register_type(Money, encode=lambda m: [m.amount, m.currency],
+                      decode=lambda v: Money(*v))
+
+    or as a class decorator, the class providing ``to_json(self)`` and a
+    classmethod ``from_json(cls, value)``::
+
+        @register_type
+        class Money: ...
+
+    ``encode`` returns anything eventlib can serialize (registered types
+    included); ``decode`` receives that value after its own decoding.
+    Instances of subclasses of ``cls`` use the same pair and come back as
+    ``cls``.  The tag written in payloads defaults to the class's module and
+    qualified name; pass ``tag`` to keep payloads readable when you move the
+    class.  Registering the same tag again replaces the earlier pair.  Returns
+    ``cls``.  Raises ``TypeError`` when the pair is incomplete and
+    ``ValueError`` for a tag eventlib reserves for its built-in types.
+    """
+    if cls is None:
+        return lambda klass: register_type(klass, encode=encode, decode=decode, tag=tag)
+    if not isinstance(cls, type):
+        raise TypeError(f"register_type() takes a class, not {cls!r}")
+    if encode is None and decode is None:
+        encode = getattr(cls, "to_json", None)
+        decode = getattr(cls, "from_json", None)
+        if encode is None or decode is None:
+            raise TypeError(
+                f"register_type({cls.__qualname__}) needs encode= and decode=, or the class "
+                "must define to_json(self) and a classmethod from_json(cls, value)"
+            )
+    elif encode is None or decode is None:
+        raise TypeError("register_type() takes both encode= and decode=, or neither")
+    tag = tag if tag is not None else f"{cls.__module__}.{cls.__qualname__}"
+    if tag in _RESERVED_TAGS:
+        raise ValueError(f"the tag {tag!r} is reserved for eventlib's built-in types")
+    _add(Codec(cls, tag, encode, decode))
+    return cls
+
+
+def _codec_for(kind: type) -> Codec | None:
+    try:
+        return _lookup_cache[kind]
+    except KeyError:
+        pass
+    codec = next((_by_type[k] for k in kind.__mro__ if k in _by_type), None)
+    _lookup_cache[kind] = codec
+    return codec
+
+
+def encode(value: Any, path: str = "data") -> Any:
+    """Return ``value`` as something ``json.dumps`` writes without help.
+
+    Raises :class:`~eventlib.SerializationError` (a ``TypeError``) naming the
+    key path and the type of the first value that has no JSON form:
+    ``data['user']['joined']: cannot serialize object of type Foo``.  Dict keys
+    must be strings (JSON would turn ``1`` into ``'1'`` silently), and floats
+    must be finite (JSON has no ``NaN``).
+    """
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise SerializationError(
+                f"{path}: cannot serialize the float {value!r} (JSON has none)"
+            )
+        return value
+    if kind is dict:
+        return _encode_mapping(value, path)
+    if kind is list or kind is tuple:
+        return [encode(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    codec = _codec_for(kind)
+    if codec is not None:
+        return {TAG: codec.tag, VALUE: encode(codec.encode(value), path)}
+    if isinstance(value, Mapping):
+        return _encode_mapping(value, path)
+    if isinstance(value, (list, tuple)):
+        return encode(list(value), path)
+    for plain, convert in _PLAIN_CONVERSIONS:  # enums and other subclasses
+        if isinstance(value, plain):
+            return encode(convert(value), path)
+    raise SerializationError(f"{path}: cannot serialize object of type {kind.__qualname__}")
+
+
+def _encode_mapping(mapping: Mapping[Any, Any], path: str) -> Any:
+    encoded = {}
+    for key, item in mapping.items():
+        if type(key) is not str:
+            if not isinstance(key, str):
+                raise SerializationError(
+                    f"{path}: keys must be strings, not {type(key).__qualname__} ({key!r})"
+                )
+            key = str.__str__(key)
+        encoded[key] = encode(item, f"{path}[{key!r}]")
+    if TAG in encoded:  # a user's dict that happens to use our tag key
+        return {TAG: "dict", VALUE: [[key, item] for key, item in encoded.items()]}
+    return encoded
+
+
+def _decode_object(obj: dict[str, Any]) -> Any:
+    if TAG not in obj:
+        return obj
+    tag = obj[TAG]
+    codec = _by_tag.get(tag) if isinstance(tag, str) else None
+    if codec is None or set(obj) != {TAG, VALUE}:
+        raise DeserializationError(
+            f"unknown tagged value {obj!r}: register its type with eventlib.register_type() "
+            "in the process that reads it"
+        )
+    try:
+        return codec.decode(obj[VALUE])
+    except Exception as error:
+        raise DeserializationError(
+            f"the decoder of {tag!r} failed on {obj[VALUE]!r}: {error}"
+        ) from error
+
+
+def dumps(value: Any) -> str:
+    """Serialize ``value`` (usually event data) to JSON text.  Raises
+    :class:`~eventlib.SerializationError` as :func:`encode` does."""
+    return json.dumps(encode(value), ensure_ascii=False, separators=(",", ":"))
+
+
+def loads(text: str | bytes) -> Any:
+    """Read JSON text written by :func:`dumps`.  Raises
+    :class:`~eventlib.DeserializationError` for invalid JSON and for tagged
+    values whose type is not registered."""
+    try:
+        return json.loads(text, object_hook=_decode_object, parse_constant=_refuse_constant)
+    except DeserializationError:
+        raise
+    except ValueError as error:
+        raise DeserializationError(f"invalid JSON payload: {error}") from error
+    except RecursionError as error:
+        raise DeserializationError("invalid JSON payload: nested too deeply") from error
+
+
+def _refuse_constant(name: str) -> Any:
+    raise DeserializationError(f"invalid JSON payload: {name} is not JSON")
+
+
+class Envelope(NamedTuple):
+    """What travels with an event besides its name."""
+
+    id: str
+    created_at: datetime
+    data: dict[str, Any]
+
+
+def serialize_event(event: BaseEvent) -> str:
+    """The payload ``log()`` sends for ``event``: JSON text holding its id,
+    creation time and encoded data."""
+    return json.dumps(
+        {"id": event.id, "created_at": event.created_at.isoformat(), "data": encode(event.data)},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def deserialize_event(payload: str | bytes) -> Envelope:
+    """Read a payload written by :func:`serialize_event`.  Raises
+    :class:`~eventlib.DeserializationError` when it is not one."""
+    envelope = loads(payload)
+    if not (
+        isinstance(envelope, dict)
+        and isinstance(envelope.get("id"), str)
+        and isinstance(envelope.get("created_at"), str)
+        and isinstance(envelope.get("data"), dict)
+    ):
+        raise DeserializationError(
+            "not an eventlib payload: expected a JSON object with 'id' (string), "
+            f"'created_at' (ISO 8601 string) and 'data' (object), got {str(payload)[:200]!r}"
+        )
+    try:
+        created_at = datetime.fromisoformat(envelope["created_at"])
+    except ValueError as error:
+        raise DeserializationError(f"invalid created_at in payload: {error}") from error
+    return Envelope(envelope["id"], created_at, envelope["data"])
+
+
+_add(Codec(datetime, "datetime", datetime.isoformat, datetime.fromisoformat))
+_add(Codec(date, "date", date.isoformat, date.fromisoformat))
+_add(Codec(time, "time", time.isoformat, time.fromisoformat))
+_add(Codec(Decimal, "decimal", str, Decimal))
+_add(Codec(UUID, "uuid", str, UUID))
+# Decode only: a user's dict that holds the tag key travels as key/value pairs.
+_by_tag["dict"] = Codec(dict, "dict", dict, dict)

@@ -1,0 +1,313 @@
+"""Settings: defaults, ``configure()`` and ``EVENTLIB_*`` variables."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import eventlib
+from eventlib import ConfigurationError, conf
+from eventlib.conf import Settings, get_settings, settings_from_env
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(isolation, monkeypatch):
+    """Start from an environment without ``EVENTLIB_*`` variables."""
+    for key in list(os.environ):
+        if key.startswith("EVENTLIB_"):
+            monkeypatch.delenv(key)
+    conf.reset()
+
+
+def reread(monkeypatch, **variables):
+    """Set ``EVENTLIB_<NAME>`` variables and read the environment again."""
+    for name, value in variables.items():
+        monkeypatch.setenv(f"EVENTLIB_{name.upper()}", value)
+    conf.reset()
+    return get_settings()
+
+
+# ------------------------------------------------------------- defaults ---
+
+
+def test_defaults():
+    settings = get_settings()
+
+    assert settings.always_eager is False
+    assert settings.raise_errors is None
+    assert settings.apps == ()
+    assert settings.broker_url is None
+    assert settings.queue == "eventlib"
+    assert settings.celery_app is None
+
+
+def test_should_raise_follows_always_eager_by_default():
+    assert get_settings().should_raise is False
+    assert eventlib.configure(always_eager=True).should_raise is True
+
+
+@pytest.mark.parametrize(
+    ("always_eager", "raise_errors", "should_raise"),
+    [
+        (True, False, False),
+        (False, True, True),
+        (True, True, True),
+        (False, False, False),
+        (True, None, True),
+        (False, None, False),
+    ],
+)
+def test_explicit_raise_errors_wins_over_always_eager(always_eager, raise_errors, should_raise):
+    settings = eventlib.configure(always_eager=always_eager, raise_errors=raise_errors)
+
+    assert settings.should_raise is should_raise
+
+
+def test_settings_are_frozen():
+    with pytest.raises(AttributeError):
+        get_settings().queue = "other"
+
+
+# ------------------------------------------------------------ configure ---
+
+
+def test_configure_overrides_and_returns_the_settings():
+    settings = eventlib.configure(
+        always_eager=True, apps=["shop", "billing"], broker_url="memory://", queue="events"
+    )
+
+    assert settings is get_settings()
+    assert settings.always_eager is True
+    assert settings.apps == ("shop", "billing")
+    assert settings.broker_url == "memory://"
+    assert settings.queue == "events"
+
+
+def test_configure_keeps_earlier_overrides():
+    eventlib.configure(queue="events")
+    settings = eventlib.configure(always_eager=True)
+
+    assert settings.queue == "events"
+    assert settings.always_eager is True
+
+
+def test_configure_accepts_any_iterable_of_apps():
+    assert eventlib.configure(apps=("shop",)).apps == ("shop",)
+    assert eventlib.configure(apps=(app for app in ["a", "b"])).apps == ("a", "b")
+
+
+def test_configure_without_arguments_changes_nothing():
+    eventlib.configure(queue="events")
+
+    assert eventlib.configure() == get_settings()
+    assert get_settings().queue == "events"
+
+
+def test_reset_forgets_overrides():
+    eventlib.configure(always_eager=True, queue="events")
+    conf.reset()
+
+    assert get_settings() == Settings()
+
+
+def test_unknown_setting_is_refused_and_the_known_ones_listed():
+    with pytest.raises(ConfigurationError) as raised:
+        eventlib.configure(broker="memory://")
+
+    message = str(raised.value)
+    assert "broker" in message
+    for known in ("always_eager", "raise_errors", "apps", "broker_url", "queue", "celery_app"):
+        assert known in message
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"always_eager": "yes"},
+        {"always_eager": 1},
+        {"always_eager": None},
+        {"raise_errors": "no"},
+        {"apps": "shop"},
+        {"apps": 42},
+        {"apps": ["shop", ""]},
+        {"apps": ["shop", 42]},
+        {"queue": ""},
+        {"queue": None},
+        {"queue": 42},
+        {"broker_url": 42},
+    ],
+)
+def test_wrong_types_are_refused(values):
+    with pytest.raises(ConfigurationError):
+        eventlib.configure(**values)
+
+
+def test_configuration_error_is_an_eventlib_value_error():
+    with pytest.raises(ConfigurationError) as raised:
+        eventlib.configure(queue="")
+
+    assert isinstance(raised.value, ValueError)
+    assert isinstance(raised.value, eventlib.EventlibError)
+
+
+def test_a_refused_configure_changes_nothing():
+    eventlib.configure(queue="events")
+
+    with pytest.raises(ConfigurationError):
+        eventlib.configure(always_eager=True, queue="")
+    with pytest.raises(ConfigurationError):
+        eventlib.configure(always_eager=True, unknown=1)
+
+    assert get_settings().always_eager is False
+    assert get_settings().queue == "events"
+
+
+def test_celery_app_is_accepted_as_is():
+    app = object()
+
+    assert eventlib.configure(celery_app=app).celery_app is app
+
+
+# ---------------------------------------------------------- environment ---
+
+
+@pytest.mark.parametrize("text", ["1", "true", "True", "YES", "on", " true "])
+def test_always_eager_from_environment_true(monkeypatch, text):
+    settings = reread(monkeypatch, always_eager=text)
+
+    assert settings.always_eager is True
+    assert settings.should_raise is True
+
+
+@pytest.mark.parametrize("text", ["0", "false", "No", "off", ""])
+def test_always_eager_from_environment_false(monkeypatch, text):
+    assert reread(monkeypatch, always_eager=text).always_eager is False
+
+
+def test_raise_errors_from_environment(monkeypatch):
+    settings = reread(monkeypatch, always_eager="1", raise_errors="false")
+
+    assert settings.raise_errors is False
+    assert settings.should_raise is False
+    assert reread(monkeypatch, always_eager="0", raise_errors="on").should_raise is True
+
+
+def test_empty_raise_errors_means_unset(monkeypatch):
+    settings = reread(monkeypatch, always_eager="1", raise_errors="")
+
+    assert settings.raise_errors is None
+    assert settings.should_raise is True
+
+
+def test_apps_from_environment_are_comma_separated(monkeypatch):
+    settings = reread(monkeypatch, apps="shop, shop.orders ,,billing,")
+
+    assert settings.apps == ("shop", "shop.orders", "billing")
+
+
+def test_broker_url_and_queue_from_environment(monkeypatch):
+    settings = reread(monkeypatch, broker_url=" redis://localhost:6379/0 ", queue="events")
+
+    assert settings.broker_url == "redis://localhost:6379/0"
+    assert settings.queue == "events"
+
+
+def test_environment_is_read_once_until_reset(monkeypatch):
+    assert get_settings().queue == "eventlib"
+
+    monkeypatch.setenv("EVENTLIB_QUEUE", "events")
+    assert get_settings().queue == "eventlib"
+
+    conf.reset()
+    assert get_settings().queue == "events"
+
+
+def test_configure_reads_the_environment_again(monkeypatch):
+    eventlib.configure(queue="from-code")
+    monkeypatch.setenv("EVENTLIB_BROKER_URL", "memory://")
+
+    settings = eventlib.configure()
+
+    assert settings.broker_url == "memory://"
+    assert settings.queue == "from-code"
+
+
+def test_configure_wins_over_the_environment(monkeypatch):
+    reread(monkeypatch, always_eager="1", queue="from-env", apps="shop")
+
+    settings = eventlib.configure(always_eager=False, queue="from-code")
+
+    assert settings.always_eager is False
+    assert settings.queue == "from-code"
+    assert settings.apps == ("shop",)
+
+
+def test_unparsable_boolean_names_the_variable(monkeypatch):
+    monkeypatch.setenv("EVENTLIB_ALWAYS_EAGER", "maybe")
+
+    with pytest.raises(ConfigurationError, match="EVENTLIB_ALWAYS_EAGER='maybe'"):
+        eventlib.configure()
+
+
+def test_unparsable_raise_errors_names_the_variable(monkeypatch):
+    monkeypatch.setenv("EVENTLIB_RAISE_ERRORS", "sometimes")
+
+    with pytest.raises(ConfigurationError, match="EVENTLIB_RAISE_ERRORS"):
+        eventlib.configure()
+
+
+# ---------------------------------------------------- settings_from_env ---
+
+
+def test_settings_from_an_empty_mapping_are_the_defaults(monkeypatch):
+    monkeypatch.setenv("EVENTLIB_ALWAYS_EAGER", "1")
+
+    assert settings_from_env({}) == Settings()
+
+
+def test_settings_from_an_explicit_mapping():
+    settings = settings_from_env(
+        {
+            "EVENTLIB_ALWAYS_EAGER": "yes",
+            "EVENTLIB_RAISE_ERRORS": "no",
+            "EVENTLIB_APPS": "shop,billing",
+            "EVENTLIB_BROKER_URL": "memory://",
+            "EVENTLIB_QUEUE": "events",
+            "EVENTLIB_CELERY_APP": "ignored",
+            "OTHER": "ignored",
+        }
+    )
+
+    assert settings == Settings(
+        always_eager=True,
+        raise_errors=False,
+        apps=("shop", "billing"),
+        broker_url="memory://",
+        queue="events",
+    )
+    assert settings.celery_app is None
+
+
+def test_settings_from_env_defaults_to_os_environ(monkeypatch):
+    monkeypatch.setenv("EVENTLIB_QUEUE", "events")
+
+    assert settings_from_env().queue == "events"
+
+
+def test_settings_from_env_refuses_an_unparsable_boolean():
+    with pytest.raises(ConfigurationError, match="EVENTLIB_ALWAYS_EAGER"):
+        settings_from_env({"EVENTLIB_ALWAYS_EAGER": "maybe"})
+
+
+@pytest.mark.parametrize("text", ["", "  "])
+def test_empty_queue_variable_never_gives_an_unusable_queue(text):
+    """``configure(queue='')`` is refused as unusable; an empty
+    ``EVENTLIB_QUEUE`` must not sneak it in: it either means the default, as
+    an empty ``EVENTLIB_RAISE_ERRORS`` does, or is refused by name."""
+    try:
+        settings = settings_from_env({"EVENTLIB_QUEUE": text})
+    except ConfigurationError as error:
+        assert "EVENTLIB_QUEUE" in str(error)
+    else:
+        assert settings.queue == "eventlib"

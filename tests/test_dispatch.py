@@ -1,0 +1,413 @@
+"""``eventlib.log``: validation, serialization and sending, eager or through Celery."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from celery import Celery
+
+import eventlib
+from eventlib import dispatch
+from eventlib.serialization import deserialize_event
+
+SHOP_EVENTS = """
+    from eventlib import BaseEvent, ValidationError, handler
+
+    RECEIVED = []
+
+
+    class Refund(BaseEvent):
+        def clean(self):
+            self.require_data_keys(['order_id'])
+
+        @handler
+        def record(self):
+            RECEIVED.append(self)
+
+
+    class Signup(BaseEvent):
+        def clean(self):
+            # Normalises the email and drops every other key.
+            return {'email': self.data['email'].strip().lower()}
+
+        @handler
+        def record(self):
+            RECEIVED.append(self)
+
+
+    class Order(BaseEvent):
+        def clean(self):
+            # Passes in log(), fails in the worker: JSON turns the tuple into a list.
+            items = self.data.get('items')
+            if not isinstance(items, tuple):
+                raise ValidationError(f'items must be a tuple, not {type(items).__name__}')
+
+        @handler
+        def record(self):
+            RECEIVED.append(self)
+"""
+
+
+@pytest.fixture
+def shop(isolation):
+    isolation.write("shop/events.py", SHOP_EVENTS)
+
+
+def received() -> list:
+    """The events the handlers of ``shop/events.py`` received."""
+    return importlib.import_module("shop.events").RECEIVED
+
+
+def eventlib_errors(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "eventlib" and r.levelno == logging.ERROR]
+
+
+# ------------------------------------------------------------ eager mode ---
+
+
+def test_eager_log_returns_the_id_the_handler_sees(shop):
+    eventlib.configure(always_eager=True)
+
+    before = datetime.now(UTC)
+
+    event_id = eventlib.log("shop.Refund", {"order_id": 7})
+
+    assert isinstance(event_id, str)
+    [event] = received()
+    assert event.id == event_id
+    assert event.name == "shop.Refund"
+    assert event.created_at.utcoffset() == timedelta(0)
+    assert before <= event.created_at <= datetime.now(UTC)
+
+
+def test_eager_handler_sees_the_data_after_a_json_round_trip(shop):
+    eventlib.configure(always_eager=True)
+    at = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
+
+    eventlib.log(
+        "shop.Refund", {"order_id": 7, "items": (1, 2), "amount": Decimal("9.99"), "at": at}
+    )
+
+    [event] = received()
+    assert event.data == {"order_id": 7, "items": [1, 2], "amount": Decimal("9.99"), "at": at}
+    assert type(event.data["items"]) is list
+    assert type(event.data["amount"]) is Decimal
+    assert type(event.data["at"]) is datetime
+
+
+def test_eager_handler_gets_a_fresh_event_per_log(shop):
+    eventlib.configure(always_eager=True)
+
+    first = eventlib.log("shop.Refund", {"order_id": 1})
+    second = eventlib.log("shop.Refund", {"order_id": 2})
+
+    assert first != second
+    assert [(e.id, e.data) for e in received()] == [
+        (first, {"order_id": 1}),
+        (second, {"order_id": 2}),
+    ]
+
+
+# ------------------------------------------------------------------ data ---
+
+
+@pytest.mark.parametrize(("data", "kind"), [([("order_id", 1)], "list"), ("order_id=1", "str")])
+def test_data_must_be_a_mapping(shop, data, kind):
+    eventlib.configure(always_eager=True)
+
+    with pytest.raises(TypeError) as error:
+        eventlib.log("shop.Refund", data)
+
+    assert str(error.value) == (
+        f"eventlib.log('shop.Refund', data): data must be a mapping, not {kind}"
+    )
+    assert received() == []
+
+
+def test_data_none_means_an_empty_dict(isolation):
+    isolation.write(
+        "shop/events.py",
+        """
+        from eventlib import BaseEvent, handler
+
+        RECEIVED = []
+
+
+        class Ping(BaseEvent):
+            @handler
+            def record(self):
+                RECEIVED.append(self.data)
+        """,
+    )
+    eventlib.configure(always_eager=True)
+
+    eventlib.log("shop.Ping")
+    eventlib.log("shop.Ping", None)
+
+    assert received() == [{}, {}]
+
+
+# --------------------------------------------------------------- refusals ---
+
+
+def test_unknown_event(shop):
+    eventlib.configure(always_eager=True)
+
+    with pytest.raises(eventlib.EventNotFound) as error:
+        eventlib.log("shop.Nope", {})
+
+    assert str(error.value) == "There is no event named Nope in the shop app"
+
+
+def test_unknown_app(isolation):
+    with pytest.raises(eventlib.EventNotFound) as error:
+        eventlib.log("nowhere.Refund", {})
+
+    assert str(error.value) == "There is no event named Refund in the nowhere app"
+
+
+@pytest.mark.parametrize("name", ["nodots", "shop.", ".Refund", "shop..Refund", "shop.Re-fund"])
+def test_invalid_event_name(name):
+    with pytest.raises(eventlib.InvalidEventName) as error:
+        eventlib.log(name, {})
+
+    assert str(error.value) == (
+        f"Invalid event name {name!r}: expected 'app.EventName', "
+        "where the app may be dotted and every part is a Python identifier"
+    )
+
+
+def test_unserializable_value_raises_in_the_caller_and_nothing_runs(shop):
+    eventlib.configure(always_eager=True)
+
+    with pytest.raises(eventlib.SerializationError) as error:
+        eventlib.log("shop.Refund", {"order_id": 7, "user": {"joined": object()}})
+
+    assert isinstance(error.value, TypeError)
+    assert str(error.value) == "data['user']['joined']: cannot serialize object of type object"
+    assert received() == []
+
+
+# ------------------------------------------------------------- validation ---
+
+
+def test_invalid_data_raises_in_eager_mode_with_a_note(shop, caplog):
+    eventlib.configure(always_eager=True)
+
+    with pytest.raises(eventlib.ValidationError) as error:
+        eventlib.log("shop.Refund", {"amount": 3})
+
+    assert str(error.value) == "The following keys are missing: order_id"
+    assert error.value.__notes__ == [
+        "raised by the clean() of the event shop.Refund; nothing was sent"
+    ]
+    assert received() == []
+    assert eventlib_errors(caplog) == []
+
+
+def test_raise_errors_applies_outside_eager_mode(shop):
+    eventlib.configure(always_eager=False, raise_errors=True)
+
+    with pytest.raises(eventlib.ValidationError):
+        eventlib.log("shop.Refund", {})
+
+
+def test_invalid_data_is_logged_when_raise_errors_is_off(shop, caplog):
+    eventlib.configure(always_eager=True, raise_errors=False)
+
+    result = eventlib.log("shop.Refund", {"amount": 3, "reason": "late"})
+
+    assert result is None
+    assert received() == []
+    [record] = eventlib_errors(caplog)
+    assert record.getMessage() == (
+        "Event shop.Refund was not logged, its data is invalid: "
+        "The following keys are missing: order_id (data keys: amount, reason)"
+    )
+    assert record.eventlib_event == "shop.Refund"
+
+
+def test_invalid_empty_data_is_logged_with_no_keys(shop, caplog):
+    eventlib.configure(always_eager=True, raise_errors=False)
+
+    assert eventlib.log("shop.Refund") is None
+
+    [record] = eventlib_errors(caplog)
+    assert record.getMessage().endswith("(data keys: none)")
+
+
+def test_clean_can_replace_the_data(shop):
+    eventlib.configure(always_eager=True)
+
+    eventlib.log("shop.Signup", {"email": "  Ann@Example.COM ", "password": "hunter2"})
+
+    [event] = received()
+    assert event.data == {"email": "ann@example.com"}
+
+
+def test_data_refused_by_the_worker_side_clean_runs_no_handler(shop, caplog):
+    eventlib.configure(always_eager=True)
+
+    event_id = eventlib.log("shop.Order", {"items": (1, 2)})
+
+    assert received() == []
+    [record] = eventlib_errors(caplog)
+    assert record.getMessage() == (
+        f"Event shop.Order (id {event_id}) has invalid data in the worker, "
+        "its handlers were not run: items must be a tuple, not list"
+    )
+
+
+# ---------------------------------------------------------------- Celery ---
+
+
+def test_a_users_eager_celery_app_runs_the_shared_task(shop):
+    app = Celery("proj", set_as_current=False)
+    app.conf.task_always_eager = True
+    eventlib.configure(always_eager=False, celery_app=app)
+
+    event_id = eventlib.log("shop.Refund", {"order_id": 7})
+
+    assert "eventlib.process" in app.tasks
+    assert app.tasks["eventlib.process"].app is app
+    [event] = received()
+    assert (event.id, event.data) == (event_id, {"order_id": 7})
+
+
+@pytest.fixture
+def memory_app() -> Iterator[Celery]:
+    """A user's Celery app on kombu's in-memory broker, whose queues are
+    shared by every connection in this process: they are emptied around the
+    test."""
+    app = Celery("proj", broker="memory://", set_as_current=False)
+    _purge(app)
+    yield app
+    _purge(app)
+    app.close()
+
+
+def _purge(app: Celery) -> None:
+    with app.connection_for_write() as connection:
+        for name in ("eventlib", "refunds"):
+            queue = connection.SimpleQueue(name)
+            queue.clear()
+            queue.close()
+
+
+def receive(app: Celery, queue_name: str):
+    """Take the next message from ``queue_name``, or ``None`` when there is none."""
+    with app.connection_for_read() as connection:
+        queue = connection.SimpleQueue(queue_name)
+        try:
+            message = queue.get(block=False)
+        except queue.Empty:
+            return None
+        finally:
+            queue.close()
+        message.ack()
+        return message
+
+
+def test_log_sends_eventlib_process_to_the_eventlib_queue(shop, memory_app):
+    eventlib.configure(always_eager=False, celery_app=memory_app)
+
+    event_id = eventlib.log("shop.Refund", {"order_id": 7, "items": (1, 2)})
+
+    assert received() == []
+    message = receive(memory_app, "eventlib")
+    assert message.headers["task"] == "eventlib.process"
+    assert message.headers["id"] == event_id
+    assert message.delivery_info["routing_key"] == "eventlib"
+    assert message.content_type == "application/json"
+    args, kwargs, _ = message.decode()
+    assert kwargs == {}
+    name, payload = args
+    assert name == "shop.Refund"
+    envelope = deserialize_event(payload)
+    assert envelope.id == event_id
+    assert envelope.data == {"order_id": 7, "items": [1, 2]}
+    assert envelope.created_at.utcoffset() == timedelta(0)
+    assert receive(memory_app, "eventlib") is None
+
+
+def test_log_sends_to_the_configured_queue(shop, memory_app):
+    eventlib.configure(always_eager=False, celery_app=memory_app, queue="refunds")
+
+    event_id = eventlib.log("shop.Refund", {"order_id": 7})
+
+    message = receive(memory_app, "refunds")
+    assert message.headers["id"] == event_id
+    assert message.delivery_info["routing_key"] == "refunds"
+    assert receive(memory_app, "eventlib") is None
+
+
+def test_nothing_is_sent_when_the_data_is_refused(shop, memory_app, caplog):
+    eventlib.configure(always_eager=False, celery_app=memory_app)
+
+    assert eventlib.log("shop.Refund", {"amount": 3}) is None
+    with pytest.raises(eventlib.SerializationError):
+        eventlib.log("shop.Refund", {"order_id": 7, "when": object()})
+
+    assert receive(memory_app, "eventlib") is None
+    [record] = eventlib_errors(caplog)
+    assert record.getMessage() == (
+        "Event shop.Refund was not logged, its data is invalid: "
+        "The following keys are missing: order_id (data keys: amount)"
+    )
+
+
+# ------------------------------------------------------ eventlib's own app ---
+
+
+def test_own_app_is_json_only_and_uses_the_settings():
+    eventlib.configure(broker_url="memory://")
+
+    app = dispatch.celery_app()
+
+    assert isinstance(app, Celery)
+    assert app.conf.accept_content == ["json"]
+    assert app.conf.task_serializer == "json"
+    assert app.conf.result_serializer == "json"
+    assert app.conf.task_ignore_result is True
+    assert app.conf.broker_url == "memory://"
+    assert app.conf.task_default_queue == "eventlib"
+    assert "eventlib.process" in app.tasks
+    assert dispatch.celery_app() is app
+
+
+def test_own_app_is_rebuilt_when_settings_change():
+    eventlib.configure(broker_url="memory://")
+    before = dispatch.celery_app()
+
+    eventlib.configure(broker_url="memory://elsewhere", queue="refunds")
+    after = dispatch.celery_app()
+
+    assert after is not before
+    assert after.conf.broker_url == "memory://elsewhere"
+    assert after.conf.task_default_queue == "refunds"
+
+
+def test_a_configured_celery_app_replaces_the_own_app():
+    app = Celery("proj", set_as_current=False)
+
+    eventlib.configure(celery_app=app)
+
+    assert dispatch.celery_app() is app
+
+
+def test_own_app_sends_to_its_broker(shop):
+    eventlib.configure(always_eager=False, broker_url="memory://")
+    app = dispatch.celery_app()
+    _purge(app)
+
+    event_id = eventlib.log("shop.Refund", {"order_id": 7})
+
+    message = receive(app, "eventlib")
+    assert message.headers["task"] == "eventlib.process"
+    assert message.headers["id"] == event_id
+    assert received() == []

@@ -1,0 +1,538 @@
+"""The ``handler`` decorator, ``HANDLER_REGISTRY`` and ``BaseEvent`` instances."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Mapping
+from datetime import timedelta
+
+import pytest
+
+import eventlib
+from eventlib import HANDLER_REGISTRY, BaseEvent, InvalidEventName, ValidationError, handler
+
+SHOP_EVENTS = """
+    from eventlib import BaseEvent, handler
+
+    class Refund(BaseEvent):
+        @handler
+        def first(self):
+            self.data.setdefault("calls", []).append("first")
+
+        @handler
+        def second(self):
+            pass
+
+        def not_a_handler(self):
+            pass
+
+        @handler
+        def third(self):
+            pass
+
+    class Quiet(BaseEvent):
+        pass
+"""
+
+
+def import_fresh(name):
+    sys.modules.pop(name, None)
+    return importlib.import_module(name)
+
+
+@pytest.fixture
+def shop(isolation):
+    """The ``shop`` app: ``shop.Refund`` with three method handlers and
+    ``shop.Quiet`` with none."""
+    isolation.write("shop/events.py", SHOP_EVENTS)
+    return importlib.import_module("shop.events")
+
+
+# ------------------------------------------------------------- ordering ---
+
+
+def test_method_handlers_are_listed_in_declaration_order(shop):
+    assert HANDLER_REGISTRY[shop.Refund] == [
+        shop.Refund.first,
+        shop.Refund.second,
+        shop.Refund.third,
+    ]
+
+
+def test_event_without_handlers_has_an_empty_list(shop):
+    assert HANDLER_REGISTRY[shop.Quiet] == []
+
+
+def test_methods_then_functions_then_patterns(shop, isolation):
+    isolation.write(
+        "audit/handlers.py",
+        """
+        from eventlib import handler
+
+        @handler("*")
+        def everything(event):
+            pass
+
+        @handler("shop.Refund")
+        def on_refund(event):
+            pass
+
+        @handler("shop.*")
+        def anything_in_shop(event):
+            pass
+
+        @handler("shop.Refund")
+        def on_refund_again(event):
+            pass
+        """,
+    )
+    audit = importlib.import_module("audit.handlers")
+
+    assert HANDLER_REGISTRY[shop.Refund] == [
+        shop.Refund.first,
+        shop.Refund.second,
+        shop.Refund.third,
+        audit.on_refund,
+        audit.on_refund_again,
+        audit.everything,
+        audit.anything_in_shop,
+    ]
+    assert HANDLER_REGISTRY[shop.Quiet] == [audit.everything, audit.anything_in_shop]
+
+
+def test_function_handlers_registered_before_the_event_class_is_declared(isolation):
+    isolation.write(
+        "audit/handlers.py",
+        """
+        from eventlib import handler
+
+        @handler("shop.Refund")
+        def on_refund(event):
+            pass
+        """,
+    )
+    audit = importlib.import_module("audit.handlers")
+    isolation.write("shop/events.py", SHOP_EVENTS)
+    shop = importlib.import_module("shop.events")
+
+    assert HANDLER_REGISTRY[shop.Refund][-1] is audit.on_refund
+
+
+def test_event_names_follow_the_app(shop, isolation):
+    isolation.write(
+        "shop/orders/events.py",
+        """
+        from eventlib import BaseEvent
+
+        class Refund(BaseEvent):
+            pass
+        """,
+    )
+    orders = importlib.import_module("shop.orders.events")
+
+    assert shop.Refund.name == "shop.Refund"
+    assert orders.Refund.name == "shop.orders.Refund"
+
+
+def test_app_pattern_matches_only_the_app_itself(shop, isolation):
+    isolation.write(
+        "shop/orders/events.py",
+        """
+        from eventlib import BaseEvent
+
+        class Refund(BaseEvent):
+            pass
+        """,
+    )
+    isolation.write(
+        "audit/handlers.py",
+        """
+        from eventlib import handler
+
+        @handler("shop.*")
+        def shop_only(event):
+            pass
+
+        @handler("shop.orders.*")
+        def orders_only(event):
+            pass
+
+        @handler("*")
+        def everything(event):
+            pass
+        """,
+    )
+    orders = importlib.import_module("shop.orders.events")
+    audit = importlib.import_module("audit.handlers")
+
+    assert HANDLER_REGISTRY[shop.Quiet] == [audit.shop_only, audit.everything]
+    assert HANDLER_REGISTRY[orders.Refund] == [audit.orders_only, audit.everything]
+
+
+# ---------------------------------------------------------- inheritance ---
+
+
+@pytest.fixture
+def hierarchy(isolation):
+    isolation.write(
+        "shop/events.py",
+        """
+        from eventlib import BaseEvent, handler
+
+        class Base(BaseEvent):
+            @handler
+            def a(self):
+                pass
+
+            @handler
+            def b(self):
+                pass
+
+            @handler
+            def c(self):
+                pass
+
+        class Inherits(Base):
+            pass
+
+        class Overrides(Base):
+            @handler
+            def d(self):
+                pass
+
+            @handler
+            def a(self):
+                pass
+
+        class Removes(Base):
+            def b(self):
+                pass
+        """,
+    )
+    return importlib.import_module("shop.events")
+
+
+def test_subclass_inherits_base_handlers(hierarchy):
+    base = hierarchy.Base
+    assert HANDLER_REGISTRY[hierarchy.Inherits] == [base.a, base.b, base.c]
+
+
+def test_overriding_a_handler_keeps_its_place(hierarchy):
+    base, sub = hierarchy.Base, hierarchy.Overrides
+    assert HANDLER_REGISTRY[sub] == [sub.a, base.b, base.c, sub.d]
+
+
+def test_overriding_with_an_unmarked_method_removes_the_handler(hierarchy):
+    base = hierarchy.Base
+    assert HANDLER_REGISTRY[hierarchy.Removes] == [base.a, base.c]
+
+
+def test_subclass_does_not_change_the_base_handlers(hierarchy):
+    base = hierarchy.Base
+    assert HANDLER_REGISTRY[base] == [base.a, base.b, base.c]
+
+
+# ---------------------------------------------------------- re-importing ---
+
+
+def test_reimported_function_handler_replaces_itself_in_place(shop, isolation):
+    isolation.write(
+        "audit/handlers.py",
+        """
+        from eventlib import handler
+
+        @handler("shop.Refund")
+        def on_refund(event):
+            pass
+        """,
+    )
+    isolation.write(
+        "billing/handlers.py",
+        """
+        from eventlib import handler
+
+        @handler("shop.Refund")
+        def bill(event):
+            pass
+        """,
+    )
+    first_audit = importlib.import_module("audit.handlers")
+    billing = importlib.import_module("billing.handlers")
+    second_audit = import_fresh("audit.handlers")
+
+    assert second_audit.on_refund is not first_audit.on_refund
+    functions = HANDLER_REGISTRY[shop.Refund][3:]
+    assert functions == [second_audit.on_refund, billing.bill]
+
+
+def test_reimporting_a_module_does_not_double_its_handlers(shop, isolation):
+    isolation.write(
+        "audit/handlers.py",
+        """
+        from eventlib import handler
+
+        @handler("shop.Refund")
+        def on_refund(event):
+            pass
+
+        @handler("*")
+        def everything(event):
+            pass
+        """,
+    )
+    importlib.import_module("audit.handlers")
+    count = len(HANDLER_REGISTRY[shop.Refund])
+    import_fresh("audit.handlers")
+    audit = import_fresh("audit.handlers")
+
+    assert len(HANDLER_REGISTRY[shop.Refund]) == count == 5
+    assert HANDLER_REGISTRY[shop.Refund][-2:] == [audit.on_refund, audit.everything]
+
+
+# ---------------------------------------------------------- the decorator ---
+
+
+def test_named_handler_returns_the_function_unchanged(shop):
+    def on_refund(event):
+        return f"handled {event.name}"
+
+    decorated = handler("shop.Refund")(on_refund)
+
+    assert decorated is on_refund
+    assert decorated(shop.Refund()) == "handled shop.Refund"
+    assert HANDLER_REGISTRY[shop.Refund][-1] is on_refund
+
+
+def test_bare_handler_returns_the_method_unchanged():
+    class Holder:
+        def method(self):
+            return "called"
+
+    original = Holder.method
+
+    assert handler(original) is original
+    assert Holder().method() == "called"
+
+
+def test_method_handlers_can_still_be_called_directly(shop):
+    event = shop.Refund({})
+    shop.Refund.first(event)
+    event.first()
+
+    assert event.data == {"calls": ["first", "first"]}
+
+
+@pytest.mark.parametrize("name", ["nodots", "app.", "a*b.C", "shop.Re*fund", "*.*", ".*", "1app.*"])
+def test_malformed_names_and_patterns_are_refused(name):
+    with pytest.raises(InvalidEventName):
+        handler(name)
+
+
+def test_invalid_event_name_is_a_value_error():
+    with pytest.raises(ValueError):
+        handler("nodots")
+
+
+@pytest.mark.parametrize(
+    "name", ["shop.Refund", "shop.orders.Refund", "shop.*", "shop.orders.*", "*"]
+)
+def test_well_formed_names_and_patterns_are_accepted(name):
+    def on_event(event):
+        pass
+
+    assert handler(name)(on_event) is on_event
+
+
+def test_bare_handler_on_a_module_level_function_is_refused(isolation):
+    isolation.write(
+        "audit/handlers.py",
+        """
+        from eventlib import handler
+
+        @handler
+        def on_refund(event):
+            pass
+        """,
+    )
+    with pytest.raises(TypeError, match=r"@handler\('app\.EventName'\)") as raised:
+        importlib.import_module("audit.handlers")
+    assert "audit.handlers.on_refund" in str(raised.value)
+
+
+def test_bare_handler_on_a_nested_function_is_refused():
+    def on_refund(event):
+        pass
+
+    with pytest.raises(TypeError, match=r"names its event"):
+        handler(on_refund)
+
+
+def test_handler_of_a_non_callable_non_string_is_refused():
+    with pytest.raises(TypeError):
+        handler(42)
+
+
+def test_named_handler_refuses_a_non_callable():
+    with pytest.raises(TypeError):
+        handler("shop.Refund")(42)
+
+
+# ------------------------------------------------------------- registry ---
+
+
+def test_registry_is_a_read_only_mapping(shop):
+    assert isinstance(HANDLER_REGISTRY, Mapping)
+    assert not hasattr(HANDLER_REGISTRY, "__setitem__")
+    assert not hasattr(HANDLER_REGISTRY, "__delitem__")
+    with pytest.raises(TypeError):
+        HANDLER_REGISTRY[shop.Refund] = []
+
+
+def test_changing_a_returned_list_changes_nothing(shop):
+    handlers = HANDLER_REGISTRY[shop.Refund]
+    handlers.clear()
+    handlers.append(print)
+
+    assert HANDLER_REGISTRY[shop.Refund] == [
+        shop.Refund.first,
+        shop.Refund.second,
+        shop.Refund.third,
+    ]
+    assert HANDLER_REGISTRY[shop.Refund] is not HANDLER_REGISTRY[shop.Refund]
+
+
+def test_len_and_iteration_cover_declared_event_classes(isolation):
+    before = set(HANDLER_REGISTRY)
+    count = len(HANDLER_REGISTRY)
+    isolation.write("shop/events.py", SHOP_EVENTS)
+    shop = importlib.import_module("shop.events")
+
+    assert len(HANDLER_REGISTRY) == count + 2
+    assert set(HANDLER_REGISTRY) - before == {shop.Refund, shop.Quiet}
+    assert shop.Refund in HANDLER_REGISTRY
+
+
+def test_lookup_of_a_class_that_is_not_an_event_raises_key_error():
+    class NotAnEvent:
+        pass
+
+    with pytest.raises(KeyError):
+        HANDLER_REGISTRY[NotAnEvent]
+    assert NotAnEvent not in HANDLER_REGISTRY
+    assert HANDLER_REGISTRY.get(int) is None
+
+
+def test_registry_is_exported_by_the_package():
+    assert eventlib.HANDLER_REGISTRY is HANDLER_REGISTRY
+    assert eventlib.handler is handler
+
+
+# ------------------------------------------------------------ BaseEvent ---
+
+
+def test_event_instance_has_its_name(shop):
+    assert shop.Refund().name == "shop.Refund"
+
+
+def test_event_data_is_a_copy_of_the_given_mapping(shop):
+    given = {"deal_id": 1}
+    event = shop.Refund(given)
+    given["code"] = "X"
+    event.data["amount"] = 10
+
+    assert event.data == {"deal_id": 1, "amount": 10}
+    assert given == {"deal_id": 1, "code": "X"}
+    assert type(event.data) is dict
+
+
+def test_event_data_defaults_to_an_empty_dict(shop):
+    assert shop.Refund().data == {}
+
+
+def test_event_id_is_a_string_unique_per_instance(shop):
+    ids = {shop.Refund().id for _ in range(50)}
+
+    assert len(ids) == 50
+    assert all(isinstance(event_id, str) and event_id for event_id in ids)
+
+
+def test_event_created_at_is_timezone_aware_utc(shop):
+    created_at = shop.Refund().created_at
+
+    assert created_at.tzinfo is not None
+    assert created_at.utcoffset() == timedelta(0)
+
+
+def test_require_data_keys_lists_missing_keys_in_the_order_given(shop):
+    event = shop.Refund({"amount": 10})
+
+    with pytest.raises(ValidationError) as raised:
+        event.require_data_keys(["deal_id", "amount", "code"])
+    assert str(raised.value) == "The following keys are missing: deal_id, code"
+
+    with pytest.raises(ValidationError) as raised:
+        event.require_data_keys(["code", "deal_id"])
+    assert str(raised.value) == "The following keys are missing: code, deal_id"
+
+
+def test_require_data_keys_passes_when_every_key_is_present(shop):
+    event = shop.Refund({"deal_id": 1, "code": "X"})
+
+    assert event.require_data_keys(["deal_id", "code"]) is None
+
+
+@pytest.fixture
+def cleaning(isolation):
+    isolation.write(
+        "shop/events.py",
+        """
+        from eventlib import BaseEvent
+
+        class Normalised(BaseEvent):
+            def clean(self):
+                return {"code": self.data["code"].upper(), "checked": True}
+
+        class Kept(BaseEvent):
+            def clean(self):
+                self.require_data_keys(["code"])
+
+        class Broken(BaseEvent):
+            def clean(self):
+                return ["code"]
+        """,
+    )
+    return importlib.import_module("shop.events")
+
+
+def test_validate_applies_the_mapping_returned_by_clean(cleaning):
+    event = cleaning.Normalised({"code": "abc"})
+    event.validate()
+
+    assert event.data == {"code": "ABC", "checked": True}
+
+
+def test_validate_keeps_the_data_when_clean_returns_none(cleaning):
+    event = cleaning.Kept({"code": "abc"})
+    data = event.data
+    event.validate()
+
+    assert event.data is data
+    assert event.data == {"code": "abc"}
+
+
+def test_validate_raises_what_clean_raises(cleaning):
+    with pytest.raises(ValidationError, match=r"^The following keys are missing: code$"):
+        cleaning.Kept({}).validate()
+
+
+def test_validate_refuses_a_clean_that_returns_a_non_mapping(cleaning):
+    event = cleaning.Broken({"code": "abc"})
+
+    with pytest.raises(TypeError, match=r"Broken\.clean\(\) must return a mapping or None"):
+        event.validate()
+    assert event.data == {"code": "abc"}
+
+
+def test_base_event_clean_accepts_anything():
+    assert BaseEvent({"anything": 1}).clean() is None
