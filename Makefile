@@ -1,9 +1,10 @@
-# `make test` is the whole test suite; it sets up what it needs first.
+# The README's two commands: `make demo` (set up, then run the demo) and
+# `make test` (set up, then the whole test suite).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint format clean
+.PHONY: install demo test lint bench format clean
 
 install: $(VENV)/.installed
 
@@ -12,6 +13,9 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --editable '.[test]'
 	touch $@
+
+demo: install
+	$(BIN)/python examples/demo.py
 
 lint: install
 	$(BIN)/ruff check .
@@ -25,4 +29,4 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache eventlib-broker.sqlite

@@ -27,7 +27,7 @@ import pytest
 from sybil import Document, Example, Region, Sybil
 from sybil.parsers.markdown import PythonCodeBlockParser
 
-from eventlib import conf, discovery, processing, serialization
+from eventlib import conf, discovery, dispatch, processing, serialization
 from eventlib.registry import HANDLER_REGISTRY
 
 IGNORE_MARKER = "# steadymark: ignore"
@@ -42,6 +42,7 @@ class Isolation:
         self.root = Path(tempfile.mkdtemp(prefix="eventlib-apps-"))
         self._registry = HANDLER_REGISTRY._snapshot()
         self._codecs = dict(serialization._by_tag), dict(serialization._by_type)
+        self._transaction_hook = dispatch._transaction_hook
         self._modules = set(sys.modules)
         sys.path.insert(0, str(self.root))
         conf.reset()
@@ -73,6 +74,7 @@ class Isolation:
         serialization._by_type.clear()
         serialization._by_type.update(self._codecs[1])
         serialization._lookup_cache.clear()
+        dispatch.set_transaction_hook(self._transaction_hook)
         conf.reset()
         discovery.clear_cache()
         processing._forget_discovery()

@@ -11,6 +11,7 @@ from .event import BaseEvent
 from .exceptions import (
     ConfigurationError,
     DeserializationError,
+    DispatchError,
     EventlibError,
     EventNotFound,
     InvalidEventName,
@@ -26,6 +27,7 @@ __all__ = [
     "BaseEvent",
     "ConfigurationError",
     "DeserializationError",
+    "DispatchError",
     "EventNotFound",
     "EventlibError",
     "InvalidEventName",

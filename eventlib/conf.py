@@ -8,6 +8,7 @@ the default.  The environment is read once, the first time a setting is used;
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -38,6 +39,15 @@ class Settings:
     broker_url: str | None = None
     #: The Celery queue events are sent to.
     queue: str = "eventlib"
+    #: Seconds ``log()`` may wait for the broker (connecting, then each
+    #: socket operation) before it raises ``DispatchError``.
+    broker_timeout: float = 2.0
+    #: Extra ``broker_transport_options`` for eventlib's own Celery app (for
+    #: Redis, ``visibility_timeout``); JSON in the environment.
+    broker_transport_options: Mapping[str, Any] = field(default_factory=dict)
+    #: Make ``log()`` wait for the current database transaction to commit
+    #: before sending (needs a transaction hook, see ``eventlib.contrib.django``).
+    on_commit: bool = False
     #: A Celery app of the user's; when ``None`` eventlib creates its own.
     #: Code only: there is no environment variable for it.
     celery_app: Any = field(default=None, compare=False)
@@ -73,12 +83,37 @@ def _parse_text(name: str, text: str) -> str:
     return text.strip()
 
 
+def _parse_json_object(name: str, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"{ENV_PREFIX}{name.upper()}={text!r} is not a JSON object")
+    return value
+
+
+def _parse_seconds(name: str, text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ConfigurationError(
+            f"{ENV_PREFIX}{name.upper()}={text!r} is not a positive number of seconds"
+        )
+    return seconds
+
+
 _FROM_ENV: dict[str, Callable[[str, str], Any]] = {
     "always_eager": _parse_bool,
     "raise_errors": _parse_optional_bool,
     "apps": _parse_apps,
     "broker_url": _parse_text,
     "queue": _parse_text,
+    "broker_timeout": _parse_seconds,
+    "broker_transport_options": _parse_json_object,
+    "on_commit": _parse_bool,
 }
 
 _NAMES = frozenset(f.name for f in fields(Settings))
@@ -86,7 +121,7 @@ _NAMES = frozenset(f.name for f in fields(Settings))
 
 def _check(name: str, value: Any) -> Any:
     """Normalise a value given to ``configure()``, refusing what cannot work."""
-    if name in ("always_eager",) and not isinstance(value, bool):
+    if name in ("always_eager", "on_commit") and not isinstance(value, bool):
         raise ConfigurationError(f"{name} must be True or False, not {value!r}")
     if name == "raise_errors" and value is not None and not isinstance(value, bool):
         raise ConfigurationError(f"raise_errors must be True, False or None, not {value!r}")
@@ -101,6 +136,16 @@ def _check(name: str, value: Any) -> Any:
         raise ConfigurationError(f"queue must be a non-empty string, not {value!r}")
     if name == "broker_url" and value is not None and not isinstance(value, str):
         raise ConfigurationError(f"broker_url must be a string, not {value!r}")
+    if name == "broker_transport_options":
+        if not isinstance(value, Mapping):
+            raise ConfigurationError(f"broker_transport_options must be a dict, not {value!r}")
+        value = dict(value)
+    if name == "broker_timeout":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigurationError(
+                f"broker_timeout must be a positive number of seconds, not {value!r}"
+            )
+        value = float(value)
     return value
 
 
@@ -171,7 +216,8 @@ def configure(**values: Any) -> Settings:
     """Change settings in code and return the settings now in force.
 
     Accepts ``always_eager``, ``raise_errors``, ``apps``, ``broker_url``,
-    ``queue`` and ``celery_app``.  Settings not named keep the value they had
+    ``queue``, ``broker_timeout``, ``broker_transport_options``,
+    ``on_commit`` and ``celery_app``.  Settings not named keep the value they had
     (from an earlier call, the environment or the default); the environment is
     read again.  An unknown name or a value of the wrong type raises
     :class:`~eventlib.ConfigurationError` and changes nothing.

@@ -14,10 +14,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import Celery
+from kombu import Connection
+from kombu.utils.url import maybe_sanitize_url
 
 from .conf import Settings, get_settings, on_change
 from .discovery import find_event
-from .exceptions import ValidationError
+from .embedded import DEFAULT_PATH, SCHEME, url_for
+from .exceptions import ConfigurationError, DispatchError, ValidationError
 from .serialization import serialize_event
 from .tasks import TASK_NAME
 
@@ -32,7 +35,22 @@ _own_app: Celery | None = None
 _app_lock = threading.Lock()
 
 
-def log(name: str, data: Mapping[str, Any] | None = None) -> str | None:
+#: ``hook(callback)`` runs ``callback`` once the current database
+#: transaction commits (at once when there is none); installed by framework
+#: integrations such as :mod:`eventlib.contrib.django`.
+TransactionHook = Callable[[Callable[[], None]], None]
+_transaction_hook: TransactionHook | None = None
+
+
+def set_transaction_hook(hook: TransactionHook | None) -> None:
+    """Install the function ``log(..., on_commit=True)`` defers sending with."""
+    global _transaction_hook
+    _transaction_hook = hook
+
+
+def log(
+    name: str, data: Mapping[str, Any] | None = None, *, on_commit: bool | None = None
+) -> str | None:
     """Log the event ``name`` with ``data`` and return the new event's id.
 
     ``data`` must be a mapping (``None`` means ``{}``); anything else raises
@@ -40,13 +58,22 @@ def log(name: str, data: Mapping[str, Any] | None = None) -> str | None:
     :class:`~eventlib.InvalidEventName` or :class:`~eventlib.EventNotFound`),
     its ``clean()`` runs, the data is serialized to JSON (a value with no JSON
     form raises :class:`~eventlib.SerializationError`, a ``TypeError`` naming
-    the key path) and the event is sent to the Celery queue.
+    the key path) and the event is sent to the Celery queue.  When the broker
+    cannot take it within ``broker_timeout`` seconds (connection refused,
+    no answer), :class:`~eventlib.DispatchError` names the broker.
 
     When ``clean()`` raises :class:`~eventlib.ValidationError`, nothing is
     sent: with ``raise_errors`` on (the default in eager mode) the error
     propagates; otherwise it is logged at ERROR level on the ``eventlib``
     logger, with the event name, the message and the data's keys, and ``log()``
     returns ``None``.
+
+    With ``on_commit=True`` (default: the ``on_commit`` setting) the event is
+    validated and serialized at once but sent only when the current database
+    transaction commits, and never if it rolls back, so that a worker never
+    looks for a row that is not there yet.  That needs a transaction hook
+    (``eventlib.contrib.django`` installs Django's); without one it raises
+    :class:`~eventlib.ConfigurationError`.
     """
     if data is None:
         data = {}
@@ -71,19 +98,65 @@ def log(name: str, data: Mapping[str, Any] | None = None) -> str | None:
         )
         return None
     payload = serialize_event(event)
-    if _interceptors:
-        _interceptors[-1](name, payload)
+    if settings.on_commit if on_commit is None else on_commit:
+        if _transaction_hook is None:
+            raise ConfigurationError(
+                f"eventlib.log({name!r}, on_commit=True) needs a transaction hook: add "
+                "'eventlib.contrib.django' to INSTALLED_APPS (or call set_transaction_hook)"
+            )
+
+        def send_after_commit() -> None:
+            _send(name, event.id, payload, get_settings())
+
+        _transaction_hook(send_after_commit)
     else:
         _send(name, event.id, payload, settings)
     return event.id
 
 
 def _send(name: str, event_id: str, payload: str, settings: Settings) -> None:
-    task = celery_app().tasks[TASK_NAME]
+    if _interceptors:
+        _interceptors[-1](name, payload)
+        return
+    app = celery_app()
+    task = app.tasks[TASK_NAME]
     if settings.always_eager:
         task.apply(args=(name, payload), task_id=event_id, throw=settings.should_raise)
-    else:
+        return
+    try:
         task.apply_async(args=(name, payload), task_id=event_id, queue=settings.queue)
+    except Exception as error:
+        raise DispatchError(
+            f"could not send the event {name} (id {event_id}) to the broker "
+            f"{broker_name(app)}: {error!r}"
+        ) from error
+
+
+def broker_name(app: Celery) -> str:
+    """The broker URL of ``app``, with its password masked."""
+    return maybe_sanitize_url(app.conf.broker_url or "amqp://localhost//")  # type: ignore[no-any-return]
+
+
+def check_broker(app: Celery | None = None) -> None:
+    """Connect to the broker once, within ``broker_timeout``.
+
+    Raises :class:`~eventlib.ConfigurationError` for a URL whose scheme no
+    kombu transport knows, and :class:`~eventlib.DispatchError` naming the
+    broker when it cannot be reached.
+    """
+    app = app or celery_app()
+    timeout = get_settings().broker_timeout
+    try:
+        connection = app.connection_for_write()
+    except KeyError as error:
+        raise ConfigurationError(
+            f"unknown broker URL scheme in {broker_name(app)}: {error.args[0]}"
+        ) from None
+    with connection:
+        try:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+        except Exception as error:
+            raise DispatchError(f"cannot reach the broker {broker_name(app)}: {error}") from error
 
 
 def celery_app() -> Celery:
@@ -101,17 +174,62 @@ def celery_app() -> Celery:
     return _own_app
 
 
+def resolved_broker_url(settings: Settings) -> str:
+    """The ``broker_url`` setting, or the embedded broker in the file
+    ``eventlib-broker.sqlite`` of the working directory when it is unset."""
+    return settings.broker_url or url_for(DEFAULT_PATH)
+
+
 def _create_app(settings: Settings) -> Celery:
+    """eventlib's own Celery app; docs/deployment.md explains each setting.
+
+    Raises :class:`~eventlib.ConfigurationError` when no kombu transport
+    knows the broker URL's scheme.
+    """
+    timeout = settings.broker_timeout
+    broker_url = resolved_broker_url(settings)
+    try:
+        Connection(broker_url)  # resolves the transport, without connecting
+    except KeyError as error:
+        raise ConfigurationError(
+            f"unknown broker URL scheme in {maybe_sanitize_url(broker_url)}: {error.args[0]}"
+        ) from None
     app = Celery("eventlib", set_as_current=False)
     app.conf.update(
-        broker_url=settings.broker_url,
+        broker_url=broker_url,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
         task_default_queue=settings.queue,
+        broker_connection_timeout=timeout,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            **transport_options(broker_url, timeout),
+            **settings.broker_transport_options,
+        },
+        task_publish_retry_policy={
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0,
+            "interval_max": 0,
+        },
     )
     return app
+
+
+def transport_options(broker_url: str, timeout: float) -> dict[str, Any]:
+    """Timeouts for the broker's transport, so that a broker that accepts
+    connections but never answers (or a locked SQLite file) cannot block
+    ``log()``."""
+    scheme = broker_url.partition(":")[0]
+    if scheme in ("redis", "rediss", "sentinel"):
+        return {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if scheme in ("amqp", "pyamqp", "amqps"):
+        return {"read_timeout": timeout, "write_timeout": timeout}
+    if scheme == SCHEME:
+        return {"connect_args": {"timeout": timeout}}
+    return {}
 
 
 def _drop_own_app(_: Settings) -> None:

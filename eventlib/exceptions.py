@@ -61,3 +61,8 @@ class DeserializationError(EventlibError, ValueError):
     """A payload could not be turned back into event data: it is not valid
     JSON, it is not an eventlib payload, or it holds a tagged value whose type
     is not registered in this process."""
+
+
+class DispatchError(EventlibError):
+    """``log()`` could not hand the event to the broker (refused, timed out,
+    unknown transport).  The message names the broker, without its password."""

@@ -18,7 +18,15 @@ from .processing import process
 TASK_NAME = "eventlib.process"
 
 
-@shared_task(name=TASK_NAME, ignore_result=True, serializer="json")
+@shared_task(
+    name=TASK_NAME,
+    ignore_result=True,
+    serializer="json",
+    # Acknowledged once the handlers ran: a worker killed mid-event does not
+    # lose it, another worker runs it again (handlers must be idempotent).
+    acks_late=True,
+    reject_on_worker_lost=True,
+)
 def process_event(name: str, payload: str) -> dict[str, Any]:
     """Process one event in the worker; returns :meth:`ProcessResult.as_dict`."""
     return process(name, payload).as_dict()

@@ -39,6 +39,9 @@ def test_defaults():
     assert settings.apps == ()
     assert settings.broker_url is None
     assert settings.queue == "eventlib"
+    assert settings.broker_timeout == 2.0
+    assert settings.broker_transport_options == {}
+    assert settings.on_commit is False
     assert settings.celery_app is None
 
 
@@ -136,6 +139,12 @@ def test_unknown_setting_is_refused_and_the_known_ones_listed():
         {"queue": None},
         {"queue": 42},
         {"broker_url": 42},
+        {"broker_timeout": 0},
+        {"broker_timeout": -1},
+        {"broker_timeout": "2"},
+        {"broker_timeout": True},
+        {"broker_transport_options": "visibility_timeout=3"},
+        {"on_commit": "yes"},
     ],
 )
 def test_wrong_types_are_refused(values):
@@ -311,3 +320,45 @@ def test_empty_queue_variable_never_gives_an_unusable_queue(text):
         assert "EVENTLIB_QUEUE" in str(error)
     else:
         assert settings.queue == "eventlib"
+
+
+# ------------------------------------------------- production settings ---
+
+
+def test_broker_timeout_transport_options_and_on_commit_from_environment(monkeypatch):
+    settings = reread(
+        monkeypatch,
+        broker_timeout="0.75",
+        broker_transport_options='{"visibility_timeout": 3}',
+        on_commit="true",
+    )
+
+    assert settings.broker_timeout == 0.75
+    assert settings.broker_transport_options == {"visibility_timeout": 3}
+    assert settings.on_commit is True
+
+
+@pytest.mark.parametrize("text", ["soon", "0", "-2", "nan"])
+def test_unusable_broker_timeout_names_the_variable(monkeypatch, text):
+    monkeypatch.setenv("EVENTLIB_BROKER_TIMEOUT", text)
+
+    with pytest.raises(ConfigurationError) as error:
+        conf.reset()
+
+    assert str(error.value) == (
+        f"EVENTLIB_BROKER_TIMEOUT={text!r} is not a positive number of seconds"
+    )
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{visibility_timeout: 3}"])
+def test_transport_options_must_be_a_json_object(monkeypatch, text):
+    monkeypatch.setenv("EVENTLIB_BROKER_TRANSPORT_OPTIONS", text)
+
+    with pytest.raises(
+        ConfigurationError, match=r"EVENTLIB_BROKER_TRANSPORT_OPTIONS=.* is not a JSON object"
+    ):
+        conf.reset()
+
+
+def test_an_integer_broker_timeout_becomes_seconds_as_a_float():
+    assert eventlib.configure(broker_timeout=3).broker_timeout == 3.0

@@ -411,3 +411,51 @@ def test_own_app_sends_to_its_broker(shop):
     assert message.headers["task"] == "eventlib.process"
     assert message.headers["id"] == event_id
     assert received() == []
+
+
+# ------------------------------------------------------- broker settings ---
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://h:6379/0", {"socket_timeout": 1.5, "socket_connect_timeout": 1.5}),
+        ("amqp://guest:guest@h//", {"read_timeout": 1.5, "write_timeout": 1.5}),
+        ("eventlib+sqlite:////tmp/b.sqlite", {"connect_args": {"timeout": 1.5}}),
+        ("memory://", {}),
+    ],
+)
+def test_every_broker_wait_is_bounded_by_broker_timeout(url, expected):
+    assert dispatch.transport_options(url, 1.5) == expected
+
+
+def test_own_app_merges_the_users_transport_options():
+    eventlib.configure(
+        broker_url="redis://127.0.0.1:6379/0",
+        broker_timeout=1.5,
+        broker_transport_options={"visibility_timeout": 7200, "socket_timeout": 3},
+    )
+
+    options = dispatch.celery_app().conf.broker_transport_options
+
+    assert options == {
+        "socket_timeout": 3,
+        "socket_connect_timeout": 1.5,
+        "visibility_timeout": 7200,
+    }
+
+
+def test_no_broker_url_means_the_embedded_broker_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    eventlib.configure(broker_url=None)
+
+    url = dispatch.celery_app().conf.broker_url
+
+    assert url == f"eventlib+sqlite:///{tmp_path.resolve()}/eventlib-broker.sqlite"
+
+
+def test_an_unknown_broker_scheme_is_a_configuration_error():
+    eventlib.configure(broker_url="foo://x")
+
+    with pytest.raises(eventlib.ConfigurationError, match="unknown broker URL scheme in foo://x"):
+        dispatch.celery_app()

@@ -1,0 +1,36 @@
+"""The embedded broker: a kombu transport on an SQLite file.
+
+Used when no broker is configured, so that a first run needs no server.  It
+is kombu's SQLAlchemy transport with three changes for this use:
+
+- it polls every 50 ms instead of every second, so an idle worker picks up a
+  new event at once;
+- it deletes the rows of messages it has handed to a consumer, which the
+  stock transport keeps forever (a taken message lives on in the consumer's
+  memory until it is acknowledged or requeued as a new row);
+- SQLite's busy timeout is ``broker_timeout``, so ``log()`` waits no longer
+  for a locked database than for any other broker.
+
+It is registered with kombu as the scheme ``eventlib+sqlite``.  Like any
+SQLite database it serves the processes of one machine; an event that a
+worker was processing when it was killed is not delivered again (there is no
+visibility timeout): use Redis or RabbitMQ in production.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kombu.transport import TRANSPORT_ALIASES
+
+SCHEME = "eventlib+sqlite"
+DEFAULT_PATH = "eventlib-broker.sqlite"
+
+# Resolved only when used: the transport needs SQLAlchemy.
+TRANSPORT_ALIASES.setdefault("eventlib", "eventlib.embedded.transport:Transport")
+
+
+def url_for(path: str | Path) -> str:
+    """The broker URL of the embedded broker storing its queue in ``path``
+    (made absolute, so that every process finds the same file)."""
+    return f"{SCHEME}:///{Path(path).resolve()}"

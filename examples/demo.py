@@ -1,0 +1,166 @@
+"""The whole flow on one machine: ``eventlib.log()`` in this process, a
+Celery worker in another, a broker between them.
+
+Run it with ``make demo``.  The broker is eventlib's default, embedded one
+(no server needed) unless ``EVENTLIB_BROKER_URL`` names another, for example
+``redis://127.0.0.1:6379/0`` or ``amqp://guest:guest@127.0.0.1:5672//``.
+
+It starts a worker, logs a few hundred events, shows progress while the
+worker processes them, then prints a report.  It exits with status 1 when an
+event was lost (not completely processed before the deadline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import eventlib  # noqa: E402
+from eventlib.dispatch import broker_name, celery_app  # noqa: E402
+
+FAILURE = re.compile(r"Handler (\S+) failed on event")
+
+
+def start_worker(log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "eventlib", "worker", "--loglevel=INFO", "--concurrency=2"]
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    """Warm shutdown (the worker finishes what it is doing), then kill."""
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+
+
+def wait_until_ready(worker: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while "ready." not in log_path.read_text():
+        if worker.poll() is not None:
+            sys.exit(f"demo: the worker exited with {worker.returncode}:\n{log_path.read_text()}")
+        if time.monotonic() > deadline:
+            sys.exit(f"demo: the worker was not ready after {timeout:.0f}s; see {log_path}")
+        time.sleep(0.1)
+
+
+def completed(database: Path, logged: set[str]) -> int:
+    """How many of the events this run logged were completely processed
+    (events left in the broker by an earlier, interrupted run do not count)."""
+    db = sqlite3.connect(database, timeout=60)
+    try:
+        audited = db.execute("select distinct event_id from runs where handler = 'audit'")
+        return len(logged.intersection(event_id for (event_id,) in audited))
+    finally:
+        db.close()
+
+
+def handler_runs(database: Path, logged: set[str]) -> Counter[str]:
+    """How many times each handler ran for the events this run logged."""
+    db = sqlite3.connect(database, timeout=60)
+    try:
+        rows = db.execute("select event_id, handler from runs").fetchall()
+    finally:
+        db.close()
+    return Counter(handler for event_id, handler in rows if event_id in logged)
+
+
+def progress(done: int, total: int) -> None:
+    width = 40
+    filled = width * done // total
+    print(
+        f"\r  processed [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", flush=True
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=300, help="how many events to log")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for them")
+    options = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="eventlib-demo-"))
+    database = workdir / "shop.sqlite"
+    os.environ["SHOP_DATABASE"] = str(database)
+    os.environ.setdefault("EVENTLIB_APPS", "shop")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
+
+    from shop.events import create_tables
+
+    create_tables()
+    print(f"eventlib demo: broker {broker_name(celery_app())}, work files in {workdir}")
+    worker_log = workdir / "worker.log"
+    worker = start_worker(worker_log, env)
+    try:
+        wait_until_ready(worker, worker_log, timeout=60)
+        print("  worker ready; logging events")
+        started = time.monotonic()
+        logged: set[str] = set()
+        for number in range(options.events):
+            if number % 3:
+                event_id = eventlib.log("shop.PageViewed", {"path": f"/deals/{number % 7}"})
+            else:
+                data = {
+                    "sku": f"sku-{number % 11}",
+                    "quantity": 1 + number % 3,
+                    "price": Decimal("9.90"),
+                }
+                event_id = eventlib.log("shop.OrderPlaced", data)
+            logged.add(event_id)
+        log_seconds = time.monotonic() - started
+
+        deadline = started + options.timeout
+        done = completed(database, logged)
+        while done < len(logged) and time.monotonic() < deadline:
+            progress(done, len(logged))
+            time.sleep(0.2)
+            done = completed(database, logged)
+        progress(done, len(logged))
+        elapsed = time.monotonic() - started
+        print()
+    finally:
+        stop_worker(worker)
+
+    runs = handler_runs(database, logged)
+    failures = Counter(FAILURE.findall(worker_log.read_text()))
+    lost = len(logged) - done
+    print("\nReport")
+    print(
+        f"  events logged          {len(logged)} "
+        f"(in {log_seconds:.2f}s, {len(logged) / log_seconds:.0f}/s)"
+    )
+    print(f"  events processed       {done}")
+    print(f"  handlers run           {sum(runs.values()) + sum(failures.values())}")
+    for handler, count in sorted(runs.items()):
+        print(f"    ok      {handler:<28} {count}")
+    for handler, count in sorted(failures.items()):
+        print(f"    failed  {handler:<28} {count}")
+    print(f"  events per second      {done / elapsed:.0f} end to end")
+    print(f"  events lost            {lost}")
+    print(f"  worker log             {worker_log}")
+    return 1 if lost else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Real brokers and real worker processes: the pieces the integration tests
+share.
+
+Brokers are found through ``EVENTLIB_TEST_REDIS_URL`` and
+``EVENTLIB_TEST_AMQP_URL`` (default: the local services).  A broker that
+cannot be reached skips its tests with the reason, unless
+``EVENTLIB_REQUIRE_BROKERS=1`` (set by CI), which makes that a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu.utils.url import url_to_parts
+
+import eventlib
+
+BROKERS = {
+    "redis": ("EVENTLIB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "amqp": ("EVENTLIB_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+}
+DEFAULT_PORTS = {"redis": 6379, "amqp": 5672}
+
+#: What a worker writes once it takes messages.
+READY = "ready."
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after
+    ``timeout`` seconds saying ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _reachable(url: str) -> bool:
+    parts = url_to_parts(url)
+    port = parts.port or DEFAULT_PORTS.get(parts.scheme.split("+")[0], 0)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def broker_url(kind: str) -> str:
+    """The URL of the test broker ``kind``, skipping (or failing under
+    EVENTLIB_REQUIRE_BROKERS=1) when it cannot be reached."""
+    variable, default = BROKERS[kind]
+    url = os.environ.get(variable, default)
+    if not _reachable(url):
+        message = f"{kind} broker {url} is unreachable (set {variable})"
+        if os.environ.get("EVENTLIB_REQUIRE_BROKERS") == "1":
+            pytest.fail(f"{message}; EVENTLIB_REQUIRE_BROKERS=1 forbids skipping")
+        pytest.skip(message)
+    return url
+
+
+class Records:
+    """An SQLite database the handlers of the test app write to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with sqlite3.connect(path) as db:
+            db.execute("pragma journal_mode=wal")
+            db.execute("create table runs (event_id text, handler text, pid integer, ppid integer)")
+        db.close()
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
+    def count(self, handler: str | None = None) -> int:
+        if handler is None:
+            return self.query("select count(*) from runs")[0][0]
+        return self.query("select count(*) from runs where handler = ?", handler)[0][0]
+
+    def runs_per_event(self, handler: str) -> dict[str, int]:
+        rows = self.query(
+            "select event_id, count(*) from runs where handler = ? group by event_id", handler
+        )
+        return dict(rows)
+
+
+APP_SOURCE = """
+import os
+import sqlite3
+import time
+
+import eventlib
+
+
+def record(event, handler):
+    db = sqlite3.connect(os.environ["EVENTLIB_TEST_RECORDS"], timeout=60)
+    try:
+        with db:
+            db.execute(
+                "insert into runs values (?, ?, ?, ?)",
+                (event.id, handler, os.getpid(), os.getppid()),
+            )
+    finally:
+        db.close()
+
+
+def runs(event, handler):
+    db = sqlite3.connect(os.environ["EVENTLIB_TEST_RECORDS"], timeout=60)
+    try:
+        query = "select count(*) from runs where event_id = ? and handler = ?"
+        return db.execute(query, (event.id, handler)).fetchone()[0]
+    finally:
+        db.close()
+
+
+class Purchase(eventlib.BaseEvent):
+    def clean(self):
+        self.require_data_keys(["sku"])
+
+    @eventlib.handler
+    def count_sale(self):
+        record(self, "count_sale")
+
+    @eventlib.handler
+    def notify_warehouse(self):
+        raise RuntimeError(f"warehouse down for {self.id}")
+
+    @eventlib.handler
+    def add_points(self):
+        record(self, "add_points")
+
+
+@eventlib.handler("shop.Purchase")
+def audit(event):
+    record(event, "audit")
+
+
+class Slow(eventlib.BaseEvent):
+    @eventlib.handler
+    def work(self):
+        record(self, "started")
+        if runs(self, "started") == 1:
+            time.sleep(120)  # the test kills the worker here
+        record(self, "finished")
+"""
+
+
+class Worker:
+    """``eventlib worker`` in a process group of its own."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, name: str) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "eventlib",
+                "worker",
+                "--loglevel=INFO",
+                "--concurrency=2",
+                "--without-mingle",
+                "--without-gossip",
+                f"--hostname={name}@%h",
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                pytest.fail(f"the worker exited with {self.process.returncode}:\n{self.log}")
+            return READY in self.log
+
+        wait_for(ready, timeout, f"the worker to be ready; its log:\n{self.log}")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes, as a crash would."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # warm shutdown
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=20)
+        self._log.close()
+
+
+class Project:
+    """A test app on disk, the settings to reach the broker, and workers."""
+
+    def __init__(self, isolation: Any, tmp_path: Path, broker: str, queue: str) -> None:
+        isolation.write("shop/events.py", APP_SOURCE)
+        self.root = isolation.root
+        self.tmp_path = tmp_path
+        self.records = Records(tmp_path / "records.sqlite")
+        self.settings: dict[str, str] = {
+            "EVENTLIB_APPS": "shop",
+            "EVENTLIB_BROKER_URL": broker,
+            "EVENTLIB_QUEUE": queue,
+        }
+        self.workers: list[Worker] = []
+
+    def configure_here(self) -> None:
+        """Use the same settings in the test process, which logs the events."""
+        os.environ["EVENTLIB_TEST_RECORDS"] = str(self.records.path)
+        options = self.settings.get("EVENTLIB_BROKER_TRANSPORT_OPTIONS")
+        eventlib.configure(
+            apps=["shop"],
+            broker_url=self.settings["EVENTLIB_BROKER_URL"],
+            queue=self.settings["EVENTLIB_QUEUE"],
+            broker_transport_options=json.loads(options) if options else {},
+        )
+
+    def start_worker(self) -> Worker:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("EVENTLIB_")}
+        env.update(self.settings)
+        env["EVENTLIB_TEST_RECORDS"] = str(self.records.path)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.root), env.get("PYTHONPATH", "")])
+        worker = Worker(
+            env, self.tmp_path / f"worker-{len(self.workers)}.log", f"w{len(self.workers)}"
+        )
+        self.workers.append(worker)
+        worker.wait_ready()
+        return worker
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        os.environ.pop("EVENTLIB_TEST_RECORDS", None)
