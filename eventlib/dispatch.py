@@ -75,6 +75,21 @@ def log(
     (``eventlib.contrib.django`` installs Django's); without one it raises
     :class:`~eventlib.ConfigurationError`.
     """
+    return log_event(name, data, on_commit=on_commit)
+
+
+def log_event(
+    name: str,
+    data: Mapping[str, Any] | None,
+    *,
+    on_commit: bool | None = None,
+    raise_errors: bool | None = None,
+    source: str = "python",
+    client_address: str | None = None,
+) -> str | None:
+    """:func:`log` for transports such as the HTTP endpoint: the same, with
+    ``raise_errors`` overriding the setting, and the event's ``source`` and
+    ``client_address``."""
     if data is None:
         data = {}
     elif not isinstance(data, Mapping):
@@ -82,11 +97,11 @@ def log(
             f"eventlib.log({name!r}, data): data must be a mapping, not {type(data).__name__}"
         )
     settings = get_settings()
-    event = find_event(name)(data)
+    event = find_event(name)(data, source=source, client_address=client_address)
     try:
         event.validate()
     except ValidationError as error:
-        if settings.should_raise:
+        if settings.should_raise if raise_errors is None else raise_errors:
             error.add_note(f"raised by the clean() of the event {name}; nothing was sent")
             raise
         logger.error(

@@ -28,11 +28,17 @@ class BaseEvent:
     - ``data``: a dict, the data given to ``log()`` (after ``clean()``);
     - ``id``: a string, unique to this occurrence of the event, the same in
       the caller and in every handler (use it to make handlers idempotent);
-    - ``created_at``: a timezone-aware UTC ``datetime``, when ``log()`` ran.
+    - ``created_at``: a timezone-aware UTC ``datetime``, when ``log()`` ran;
+    - ``source``: where it was logged, ``'python'`` (a ``log()`` call) or
+      ``'http'`` (the HTTP endpoint, see :mod:`eventlib.http`);
+    - ``client_address``: for an event from the HTTP endpoint, the address
+      of the client that sent it (``None`` otherwise).
     """
 
     #: The event name, derived from the module and class name.
     name: ClassVar[str] = "eventlib.BaseEvent"
+    #: Whether browsers may log this event through the HTTP endpoint.
+    public: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -47,8 +53,12 @@ class BaseEvent:
         *,
         id: str | None = None,
         created_at: datetime | None = None,
+        source: str = "python",
+        client_address: str | None = None,
     ) -> None:
         self.data: dict[str, Any] = {} if data is None else dict(data)
+        self.source = source
+        self.client_address = client_address
         self.id: str = id if id is not None else str(uuid.uuid4())
         self.created_at: datetime = created_at if created_at is not None else datetime.now(UTC)
 

@@ -89,7 +89,13 @@ def process(name: str, payload: str | bytes) -> ProcessResult:
     _ensure_discovered()
     event_class = find_event(name)
     envelope = deserialize_event(payload)
-    event = event_class(envelope.data, id=envelope.id, created_at=envelope.created_at)
+    event = event_class(
+        envelope.data,
+        id=envelope.id,
+        created_at=envelope.created_at,
+        source=envelope.source,
+        client_address=envelope.client_address,
+    )
     context = {"eventlib_event": name, "eventlib_event_id": event.id}
     try:
         event.validate()

@@ -244,16 +244,24 @@ class Envelope(NamedTuple):
     id: str
     created_at: datetime
     data: dict[str, Any]
+    source: str = "python"
+    client_address: str | None = None
 
 
 def serialize_event(event: BaseEvent) -> str:
     """The payload ``log()`` sends for ``event``: JSON text holding its id,
-    creation time and encoded data."""
-    return json.dumps(
-        {"id": event.id, "created_at": event.created_at.isoformat(), "data": encode(event.data)},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    creation time and encoded data, and where it came from when that is not
+    Python code (``source``, ``client_address``)."""
+    envelope = {
+        "id": event.id,
+        "created_at": event.created_at.isoformat(),
+        "data": encode(event.data),
+    }
+    if event.source != "python":
+        envelope["source"] = event.source
+    if event.client_address is not None:
+        envelope["client_address"] = event.client_address
+    return json.dumps(envelope, ensure_ascii=False, separators=(",", ":"))
 
 
 def deserialize_event(payload: str | bytes) -> Envelope:
@@ -265,6 +273,8 @@ def deserialize_event(payload: str | bytes) -> Envelope:
         and isinstance(envelope.get("id"), str)
         and isinstance(envelope.get("created_at"), str)
         and isinstance(envelope.get("data"), dict)
+        and isinstance(envelope.get("source", ""), str)
+        and isinstance(envelope.get("client_address", ""), str)
     ):
         raise DeserializationError(
             "not an eventlib payload: expected a JSON object with 'id' (string), "
@@ -274,7 +284,13 @@ def deserialize_event(payload: str | bytes) -> Envelope:
         created_at = datetime.fromisoformat(envelope["created_at"])
     except ValueError as error:
         raise DeserializationError(f"invalid created_at in payload: {error}") from error
-    return Envelope(envelope["id"], created_at, envelope["data"])
+    return Envelope(
+        envelope["id"],
+        created_at,
+        envelope["data"],
+        envelope.get("source", "python"),
+        envelope.get("client_address"),
+    )
 
 
 _add(Codec(datetime, "datetime", datetime.isoformat, datetime.fromisoformat))

@@ -22,6 +22,9 @@ from eventlib.exceptions import ConfigurationError
 #: Each Django setting eventlib reads and the eventlib setting it gives:
 #: ``EVENTLIB_BROKER_URL`` gives ``broker_url``.
 SETTING_NAMES = {ENV_PREFIX + field.name.upper(): field.name for field in fields(Settings)}
+#: The Django setting of the HTTP endpoint's options, read by the view
+#: (:func:`eventlib.contrib.django.views.options_from_settings`), not here.
+HTTP_SETTING = ENV_PREFIX + "HTTP"
 
 
 class EventlibConfig(AppConfig):
@@ -54,7 +57,8 @@ class EventlibConfig(AppConfig):
 def configure_from_settings(settings: Any = None) -> Settings:
     """Give every ``EVENTLIB_<NAME>`` attribute of ``settings`` (by default
     Django's settings) to :func:`eventlib.configure` as ``<name>`` and return
-    the settings now in force.
+    the settings now in force.  ``EVENTLIB_HTTP``, the options of the HTTP
+    endpoint's view, is left to the view.
 
     ``EVENTLIB_APPS`` defaults to the name of every installed app, which needs
     Django's app registry.  ``EVENTLIB_CELERY_APP`` may be a Celery app or the
@@ -66,12 +70,12 @@ def configure_from_settings(settings: Any = None) -> Settings:
     eventlib's settings are then unchanged.
     """
     settings = django_settings if settings is None else settings
-    given = [name for name in dir(settings) if name.startswith(ENV_PREFIX)]
+    given = [name for name in dir(settings) if name.startswith(ENV_PREFIX) and name != HTTP_SETTING]
     unknown = sorted(set(given) - set(SETTING_NAMES))
     if unknown:
         raise ImproperlyConfigured(
             f"Unknown setting(s) {', '.join(unknown)}: eventlib's settings are "
-            f"{', '.join(sorted(SETTING_NAMES))}"
+            f"{', '.join(sorted([*SETTING_NAMES, HTTP_SETTING]))}"
         )
     values = {SETTING_NAMES[name]: getattr(settings, name) for name in given}
     if "apps" not in values:

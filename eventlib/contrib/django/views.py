@@ -1,0 +1,186 @@
+"""The HTTP endpoint as Django views, for ``eventlib.contrib.django.urls``.
+
+:func:`log_event` answers ``POST <prefix>/log`` exactly as the WSGI
+application of :mod:`eventlib.http` does: it builds an
+:class:`eventlib.http.Request` from the ``HttpRequest`` and gives it to
+:func:`eventlib.http.handle_log`, with the options of the ``EVENTLIB_HTTP``
+setting (:func:`options_from_settings`).  :func:`script` serves
+``eventlib.js`` next to it, the very file the WSGI application serves.
+
+CSRF: ``log_event`` is exempt from Django's CSRF check, because
+``navigator.sendBeacon`` cannot send the token; eventlib's own check of the
+``Origin`` (or ``Referer``) header is what protects it from cross-site
+requests, as it protects the WSGI application.  A form rendered with
+``{% csrf_token %}`` may post to it all the same: the token's field is
+dropped from the body, never logged as event data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
+from django.core.handlers.wsgi import WSGIRequest
+from django.db.transaction import non_atomic_requests
+from django.http import HttpRequest, HttpResponse
+from django.http.request import RawPostDataException
+from django.utils.cache import get_conditional_response, patch_cache_control
+from django.views.decorators.csrf import csrf_exempt
+
+from eventlib import http
+from eventlib.http import Options, Request, RequestError, Response, handle_log
+
+from .apps import HTTP_SETTING
+
+#: The options ``EVENTLIB_HTTP`` may give: those of :class:`eventlib.http.Options`
+#: but ``path``, which is where the URLconf includes the views.
+OPTION_NAMES = tuple(field.name for field in fields(Options) if field.name != "path")
+#: The form field of Django's CSRF token, as ``{% csrf_token %}`` renders it.
+CSRF_FIELD = "csrfmiddlewaretoken"
+
+
+def options_from_settings(settings: Any = None) -> Options:
+    """The endpoint's :class:`~eventlib.http.Options`, from the
+    ``EVENTLIB_HTTP`` dict of ``settings`` (by default Django's settings);
+    without one, the defaults.  The view reads them on every request, so
+    ``override_settings`` applies at once.
+
+    Raises ``ImproperlyConfigured`` when ``EVENTLIB_HTTP`` is not a dict or
+    names an option that is not one of :data:`OPTION_NAMES`.
+    """
+    settings = django_settings if settings is None else settings
+    given = getattr(settings, HTTP_SETTING, None)
+    if given is None:
+        return Options()
+    if not isinstance(given, Mapping):
+        raise ImproperlyConfigured(
+            f"{HTTP_SETTING} must be a dict of options, not {type(given).__name__}"
+        )
+    unknown = sorted(repr(name) for name in given if name not in OPTION_NAMES)
+    if unknown:
+        raise ImproperlyConfigured(
+            f"Unknown {HTTP_SETTING} option(s) {', '.join(unknown)}: the options are "
+            f"{', '.join(OPTION_NAMES)} (the path is where your URLconf includes "
+            "eventlib.contrib.django.urls)"
+        )
+    return Options(**given)
+
+
+@non_atomic_requests
+@csrf_exempt
+def log_event(request: HttpRequest) -> HttpResponse:
+    """Log the event the request describes, answering as
+    :func:`eventlib.http.handle_log` does: 202 ``{"id": ...}``, or a JSON
+    ``{"error": ...}`` with 400, 403, 404, 405, 413, 415 or 503.
+
+    The request's host is ``request.get_host()``, so ``ALLOWED_HOSTS`` and
+    ``USE_X_FORWARDED_HOST`` apply as to any view.  The view opens no
+    transaction, even with ``ATOMIC_REQUESTS``: it uses no database.  An
+    error that is not the request's fault propagates to Django, which
+    answers 500 and logs it.
+    """
+    options = options_from_settings()
+    try:
+        eventlib_request = _eventlib_request(request, options)
+    except RequestError as error:
+        return _json_response(Response(error.status, {"error": str(error)}))
+    return _json_response(handle_log(eventlib_request, options))
+
+
+@csrf_exempt  # answers 405 to a POST, as the WSGI application does
+def script(request: HttpRequest) -> HttpResponse:
+    """Serve ``eventlib.js`` (``eventlib/static/eventlib.js``, the file the
+    WSGI application serves) to GET and HEAD, with its ``ETag``, and 304 Not
+    Modified to a request whose ``If-None-Match`` matches it; 405 otherwise.
+    Served next to :func:`log_event`, the script finds the endpoint without
+    being told."""
+    if request.method not in ("GET", "HEAD"):
+        return _json_response(
+            Response(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use GET"}, (("Allow", "GET, HEAD"),))
+        )
+    source, etag = http.script()
+    response = get_conditional_response(request, etag=etag) or HttpResponse(
+        source, content_type="text/javascript; charset=utf-8"
+    )
+    response["ETag"] = etag
+    patch_cache_control(response, public=True, max_age=3600)
+    return response
+
+
+def _eventlib_request(request: HttpRequest, options: Options) -> Request:
+    """What :func:`~eventlib.http.handle_log` needs of ``request``.  Raises
+    :class:`~eventlib.http.RequestError` for a body it should not read."""
+    body = _read_body(request, options.max_body)
+    content_type = request.META.get("CONTENT_TYPE", "")
+    if content_type.partition(";")[0].strip().lower() in http.FORM_TYPES:
+        body = _without_csrf_token(body)
+    query_string = request.META.get("QUERY_STRING", "")
+    return Request(
+        method=request.method or "GET",
+        # ASGI requests hold the query string decoded already.
+        query_string=_utf8(query_string) if isinstance(request, WSGIRequest) else query_string,
+        content_type=content_type,
+        body=body,
+        headers={name.lower(): _utf8(value) for name, value in request.headers.items()},
+        remote_address=request.META.get("REMOTE_ADDR"),
+        host=request.get_host(),
+    )
+
+
+def _read_body(request: HttpRequest, limit: int) -> bytes:
+    """The body, refused (413) by its ``Content-Length`` before it is read
+    when it is over ``limit``."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "invalid Content-Length") from None
+    too_large = RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {limit} bytes")
+    if length > limit:
+        raise too_large
+    try:
+        return request.body
+    except RequestDataTooBig:  # DATA_UPLOAD_MAX_MEMORY_SIZE is below max_body
+        raise too_large from None
+    except RawPostDataException:
+        # A middleware read a multipart body through request.POST; such a
+        # body is refused (415) for its content type anyway.
+        return b""
+
+
+def _without_csrf_token(body: bytes) -> bytes:
+    """A form body without its ``csrfmiddlewaretoken`` field(s); the rest is
+    left as it was, for :func:`~eventlib.http.handle_log` to parse."""
+    field = CSRF_FIELD.encode()
+    return b"&".join(
+        pair
+        for pair in body.split(b"&")
+        if unquote_to_bytes(pair.partition(b"=")[0].replace(b"+", b" ")) != field
+    )
+
+
+def _utf8(value: str) -> str:
+    """Django keeps header values (and under WSGI the query string) as the
+    latin-1 text of their bytes; read them as the UTF-8 browsers send, as
+    the WSGI application does.  Text that is no such thing is kept."""
+    try:
+        return value.encode("latin-1").decode("utf-8", errors="replace")
+    except UnicodeEncodeError:
+        return value
+
+
+def _json_response(response: Response) -> HttpResponse:
+    empty = response.status == HTTPStatus.NO_CONTENT
+    answer = HttpResponse(
+        b"" if empty else response.encoded(),
+        status=response.status.value,
+        content_type="application/json",
+    )
+    answer["Cache-Control"] = "no-store"
+    for name, value in response.headers:
+        answer[name] = value
+    return answer

@@ -1,0 +1,269 @@
+"""Fixtures of the browser tests: Debian's Chromium driven by playwright, and
+a loopback HTTP server serving eventlib's endpoint and the test pages.
+
+The browser is launched once per module (``browser``); every test gets a
+context and a page of its own (``page``, ``page_log``) and a server of its
+own (``site``).  The server is wsgiref's, threaded, on 127.0.0.1 and a free
+port: handlers run in its request threads, in this process, when the test
+configures ``always_eager``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import pytest
+
+from eventlib.http import make_application
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT = 10.0  # seconds, for anything the browser or the server should do
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def browser_required() -> bool:
+    """CI sets EVENTLIB_REQUIRE_BROWSER=1: a missing browser fails there."""
+    return os.environ.get("EVENTLIB_REQUIRE_BROWSER") == "1"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
+    """Poll ``condition()`` until it returns something true, and return it;
+    fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout}s in vain for {what or condition}")
+        time.sleep(0.01)
+
+
+# ----------------------------------------------------------------- server ---
+
+
+@dataclass(frozen=True)
+class Received:
+    """A request a mounted application answered."""
+
+    method: str
+    path: str
+    query: str
+    #: Header names in lower case.
+    headers: dict[str, str] = field(repr=False)
+    body: bytes = field(repr=False)
+    status: int
+    response: bytes
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = TIMEOUT  # an idle connection the browser opened ends, eventually
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class Site:
+    """The test's web site on http://127.0.0.1:<port>.
+
+    ``pages`` maps paths to the HTML served there; a request for any other
+    path goes to the application mounted at the longest matching prefix of
+    ``mounts`` (by default ``/event``: ``make_application()``), which gets
+    the environ unchanged.  ``received`` lists what the mounted applications
+    answered; ``errors`` the exceptions they raised.
+    """
+
+    pages: dict[str, str] = field(default_factory=dict)
+    mounts: dict[str, WSGIApp] = field(default_factory=dict)
+    received: list[Received] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+    port: int = 0
+    _active: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __repr__(self) -> str:
+        return f"<Site {self.url()} pages={sorted(self.pages)} mounts={sorted(self.mounts)}>"
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def page(self, html: str, path: str = "/") -> str:
+        """Serve ``html`` at ``path`` and return its URL."""
+        self.pages[path] = html
+        return self.url(path)
+
+    def requests_to(self, path: str) -> list[Received]:
+        return [request for request in list(self.received) if request.path == path]
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        with self._lock:
+            self._active += 1
+        try:
+            return self._route(environ, start_response)
+        except BaseException as error:
+            self.errors.append(error)
+            raise
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def _route(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path in self.pages:
+            body = self.pages[path].encode("utf-8")
+            start_response(
+                "200 OK",
+                [
+                    ("Content-Type", "text/html; charset=utf-8"),
+                    ("Content-Length", str(len(body))),
+                    ("Cache-Control", "no-store"),
+                ],
+            )
+            return [body]
+        prefixes = [
+            prefix
+            for prefix in self.mounts
+            if prefix == "/" or path == prefix or path.startswith(prefix.rstrip("/") + "/")
+        ]
+        if not prefixes:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"no page here"]
+        return self._record(self.mounts[max(prefixes, key=len)], environ, start_response)
+
+    def _record(
+        self, app: WSGIApp, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> list[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length > 0 else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        statuses: list[int] = []
+
+        def recording_start_response(status: str, headers: list, exc_info: Any = None) -> Any:
+            statuses.append(int(status.split()[0]))
+            return start_response(status, headers, exc_info)
+
+        response = b"".join(app(environ, recording_start_response))
+        self.received.append(
+            Received(
+                method=environ["REQUEST_METHOD"],
+                path=environ.get("PATH_INFO", ""),
+                query=environ.get("QUERY_STRING", ""),
+                headers={
+                    key[5:].replace("_", "-").lower(): value
+                    for key, value in environ.items()
+                    if key.startswith("HTTP_")
+                }
+                | {"content-type": environ.get("CONTENT_TYPE", "")},
+                body=body,
+                status=statuses[-1],
+                response=response,
+            )
+        )
+        return [response]
+
+    def idle(self) -> bool:
+        with self._lock:
+            return self._active == 0
+
+
+@pytest.fixture
+def site(isolation) -> Iterator[Site]:
+    """A server of the test's own (after ``isolation``, so that it stops
+    before eventlib's state is restored)."""
+    built = Site(mounts={"/event": make_application()})
+    server = make_server("127.0.0.1", 0, built, server_class=_Server, handler_class=_QuietHandler)
+    built.port = server.server_address[1]
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
+    thread.start()
+    try:
+        yield built
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT)
+        wait_for(built.idle, what="the server's requests to end")
+    assert not built.errors, f"the server raised {built.errors!r}"
+
+
+# ---------------------------------------------------------------- browser ---
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Chromium, once per module."""
+    if not CHROMIUM.exists():  # the module skips unless EVENTLIB_REQUIRE_BROWSER=1
+        pytest.fail(
+            f"{CHROMIUM} is missing and EVENTLIB_REQUIRE_BROWSER=1 forbids skipping: "
+            "apt-get install chromium"
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if browser_required():
+            pytest.fail("playwright is not installed and EVENTLIB_REQUIRE_BROWSER=1")
+        pytest.skip("playwright is not installed: pip install 'eventlib[test]'")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@dataclass
+class PageLog:
+    """What a page reported: uncaught exceptions and unhandled rejections
+    (``errors``), console messages (``console``, as ``(type, text)``)."""
+
+    errors: list[str] = field(default_factory=list)
+    console: list[tuple[str, str]] = field(default_factory=list)
+
+    def console_errors(self) -> list[str]:
+        return [text for kind, text in self.console if kind == "error"]
+
+
+@pytest.fixture
+def page_log() -> PageLog:
+    return PageLog()
+
+
+@pytest.fixture
+def page(browser, site, page_log) -> Iterator[Any]:
+    """A page in a context of its own, closed before the server stops; no
+    test may leave an uncaught exception in it."""
+    context = browser.new_context()
+    context.set_default_timeout(TIMEOUT * 1000)
+    opened = context.new_page()
+    opened.on("pageerror", lambda error: page_log.errors.append(str(error)))
+    opened.on("console", lambda message: page_log.console.append((message.type, message.text)))
+    try:
+        yield opened
+    finally:
+        context.close()
+    assert not page_log.errors, f"the page raised {page_log.errors!r}"

@@ -1,0 +1,205 @@
+"""Serve a WSGI application on a real loopback socket, in a background thread.
+
+For tests that need real HTTP (the endpoint's own tests, browser tests)::
+
+    from tests.http_server import serve
+
+    with serve(application) as server:
+        reply = server.request("GET", "/event/eventlib.js")
+        assert reply.status == 200
+        page_url = server.url + "/page.html"   # what a browser would load
+
+:func:`serve` binds ``127.0.0.1`` on a free port (port 0) and starts
+listening before it returns, so the server accepts connections at once: no
+waiting, no sleeping.  Each request runs in its own thread
+(:class:`ThreadingWSGIServer`); leaving the ``with`` block stops the server,
+waits for the requests still running and closes the socket.
+
+The server is ``wsgiref``'s, quiet: it logs no request lines.  Whatever it
+would have written to stderr about an exception escaping the application
+(its plain-text "500 A server error occurred") is kept in
+:attr:`LiveServer.errors`, so a test can assert that the application never
+let one escape.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+#: Seconds a client may take to send its request, and a test to wait for an
+#: answer, before the connection is dropped: a bound, not a delay.
+TIMEOUT = 10.0
+#: Seconds between the serving loop's checks for a stop request.
+POLL_INTERVAL = 0.02
+#: Seconds a closing connection waits for the client to close its side.
+LINGER = 2.0
+
+
+class _ErrorLog:
+    """A stderr for wsgiref's handlers: keeps what they write."""
+
+    def __init__(self) -> None:
+        self.entries: list[str] = []
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self.entries.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class QuietRequestHandler(WSGIRequestHandler):
+    """wsgiref's handler, without the request log line, writing what it
+    reports about application errors to the server's :class:`_ErrorLog`."""
+
+    timeout = TIMEOUT
+    server: ThreadingWSGIServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def get_stderr(self) -> Any:
+        return self.server.error_log
+
+
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """wsgiref's server, one thread per request.  ``server_close()`` waits
+    for the request threads."""
+
+    daemon_threads = False
+    block_on_close = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.error_log = _ErrorLog()
+        super().__init__(address, QuietRequestHandler)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Close the connection as HTTP servers do ("lingering close"): end
+        our side, then read what the client still sends (a body the
+        application did not read, say for a 413) until it closes, so that
+        the kernel does not reset the connection before the client has read
+        the response."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            request.settimeout(LINGER)
+            while request.recv(65536):
+                pass
+        except OSError:
+            pass
+        self.close_request(request)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A response, read in full."""
+
+    status: int
+    reason: str
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class LiveServer:
+    """A running server; see :func:`serve`."""
+
+    httpd: ThreadingWSGIServer
+    thread: threading.Thread
+    #: ``127.0.0.1``.
+    host: str
+    port: int
+
+    @property
+    def netloc(self) -> str:
+        """``host:port``: what a client sends as ``Host``."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``http://host:port``, without a trailing slash."""
+        return f"http://{self.netloc}"
+
+    @property
+    def origin(self) -> str:
+        """The origin of this server's pages, as a browser sends it in
+        ``Origin``: the same as :attr:`url`."""
+        return self.url
+
+    @property
+    def errors(self) -> list[str]:
+        """What wsgiref wrote about exceptions that escaped the application."""
+        return list(self.httpd.error_log.entries)
+
+    def connection(self) -> http.client.HTTPConnection:
+        """A new connection to the server; close it when done."""
+        return http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
+
+    def request(
+        self,
+        method: str,
+        target: str,
+        body: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """Send one request on a new connection and read the whole reply.
+
+        ``http.client`` adds ``Host`` (this server's ``host:port``) and, for
+        a body, ``Content-Length``; ``headers`` may override either.
+        """
+        connection = self.connection()
+        try:
+            connection.request(method, target, body=body, headers=dict(headers or {}))
+            response = connection.getresponse()
+            return Reply(response.status, response.reason, response.headers, response.read())
+        finally:
+            connection.close()
+
+    def request_bytes(self, raw: bytes, method: str = "POST") -> Reply:
+        """Send ``raw``, a whole request as bytes (for what ``http.client``
+        refuses to write, such as raw non-ASCII bytes in the target), and
+        read the reply; ``method`` tells the parser whether a body follows."""
+        with socket.create_connection((self.host, self.port), timeout=TIMEOUT) as sock:
+            sock.sendall(raw)
+            response = http.client.HTTPResponse(sock, method=method)
+            try:
+                response.begin()
+                return Reply(response.status, response.reason, response.headers, response.read())
+            finally:
+                response.close()
+
+
+@contextmanager
+def serve(application: Any, host: str = "127.0.0.1") -> Iterator[LiveServer]:
+    """Serve the WSGI ``application`` on ``host`` and a free port for the
+    duration of the ``with`` block."""
+    httpd = ThreadingWSGIServer((host, 0))
+    httpd.set_app(application)
+    thread = threading.Thread(
+        target=httpd.serve_forever,
+        kwargs={"poll_interval": POLL_INTERVAL},
+        name=f"wsgi-server-{httpd.server_port}",
+        daemon=True,
+    )
+    thread.start()
+    try:
+        yield LiveServer(httpd, thread, host, httpd.server_port)
+    finally:
+        httpd.shutdown()
+        thread.join(TIMEOUT)
+        httpd.server_close()
