@@ -1,10 +1,11 @@
 # The README's two commands: `make demo` (set up, then run the demo) and
-# `make test` (set up, then the whole test suite).
+# `make test` (set up, then the whole test suite).  `make bench` rewrites
+# docs/benchmarks.md; `make drill` runs the outage drill of docs/reliability.md.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench format clean
+.PHONY: install demo test lint bench drill format clean
 
 install: $(VENV)/.installed
 
@@ -29,4 +30,14 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache eventlib-broker.sqlite
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache eventlib-*.sqlite*
+
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m benchmarks.run
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --editable '.[test,bench]'
+	touch $@
+
+drill: install
+	cd examples && ../$(BIN)/python outage_drill.py

@@ -15,6 +15,7 @@ empty handler registry (but for what it declares) and no imported apps.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import textwrap
@@ -31,6 +32,10 @@ from eventlib import conf, discovery, dispatch, processing, serialization
 from eventlib.registry import HANDLER_REGISTRY
 
 IGNORE_MARKER = "# steadymark: ignore"
+OWN_FILES = {
+    "EVENTLIB_SPOOL_PATH": "{root}/eventlib-spool.sqlite",
+    "EVENTLIB_DEAD_LETTER_URL": "sqlite:///{root}/eventlib-dead-letters.sqlite",
+}
 FILE_MARKER = "# file:"
 
 
@@ -43,6 +48,10 @@ class Isolation:
         self._registry = HANDLER_REGISTRY._snapshot()
         self._codecs = dict(serialization._by_tag), dict(serialization._by_type)
         self._transaction_hook = dispatch._transaction_hook
+        # Spool and dead letters in the test's own files, never the checkout's.
+        self._environ = {key: os.environ.get(key) for key in OWN_FILES}
+        for key, name in OWN_FILES.items():
+            os.environ[key] = name.format(root=self.root)
         self._modules = set(sys.modules)
         sys.path.insert(0, str(self.root))
         conf.reset()
@@ -64,6 +73,11 @@ class Isolation:
 
     def close(self) -> None:
         sys.path.remove(str(self.root))
+        for key, value in self._environ.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         for name in set(sys.modules) - self._modules:
             module_file = getattr(sys.modules[name], "__file__", None) or ""
             if module_file.startswith(str(self.root)):

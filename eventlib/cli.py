@@ -1,4 +1,5 @@
-"""The ``eventlib`` command: list events, log and process them, run a worker.
+"""The ``eventlib`` command: list events, log and process them, run a
+worker, manage dead letters and the spool.
 
 Exit codes scripts can rely on:
 
@@ -6,7 +7,8 @@ Exit codes scripts can rely on:
 - ``1``: the command ran but something failed (a handler, with ``process``);
 - ``2``: bad usage or configuration (unknown option, no apps configured,
   unknown or invalid event, unknown broker scheme); one line on stderr;
-- ``3``: the broker could not be reached.
+- ``3``: the broker could not be reached (for ``log``: nor the spool
+  written).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -23,6 +25,9 @@ from . import conf
 from .discovery import EVENTS_MODULE, autodiscover, find_event
 from .exceptions import DispatchError, EventlibError
 from .registry import HANDLER_REGISTRY, handler_name
+
+if TYPE_CHECKING:
+    from .deadletters import DeadLetter
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -183,3 +188,249 @@ def worker(celery_args: tuple[str, ...]) -> None:
         check_broker(app)
     argv = ["worker", "--queues", conf.get_settings().queue, *celery_args]
     app.worker_main(argv)
+
+
+# --------------------------------------------------------- dead letters ---
+
+
+@contextmanager
+def _dead_letter_errors() -> Iterator[None]:
+    """Exit 2 with one line when the dead-letter database cannot be used."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .deadletters import database_name
+
+    with _errors_as_exit_codes():
+        try:
+            yield
+        except SQLAlchemyError as error:
+            reason = str(error).splitlines()[0]
+            _fail(f"cannot use the dead-letter database {database_name()}: {reason}")
+
+
+def _dead_letter(dead_letter_id: int) -> DeadLetter:
+    from .deadletters import get
+
+    with _dead_letter_errors():
+        letter = get(dead_letter_id)
+    if letter is None:
+        _fail(f"there is no dead letter {dead_letter_id}")
+    return letter
+
+
+def _what(letter: DeadLetter) -> str:
+    return f"{letter.event_name}  {letter.handler or '(the whole event)'}"
+
+
+@main.group()
+def dead() -> None:
+    """List, show, retry and purge dead letters.
+
+    A dead letter is a handler's failure that no retry fixed, or an event a
+    worker could not process at all.  They are kept in the database of the
+    dead_letter_url setting [EVENTLIB_DEAD_LETTER_URL].  Exit codes: 0 done,
+    1 a retry run here failed again, 2 bad usage, unknown dead letter or
+    unusable database, 3 broker unreachable.
+    """
+
+
+@dead.command(name="list")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (every field) instead of a table."
+)
+def dead_list(as_json: bool) -> None:
+    """List the dead letters, oldest first."""
+    from .deadletters import list_dead_letters
+
+    with _dead_letter_errors():
+        letters = list_dead_letters()
+    if as_json:
+        click.echo(json.dumps([letter.as_dict() for letter in letters], indent=2))
+        return
+    if not letters:
+        click.echo("no dead letters")
+        return
+    rows = [("ID", "FAILED AT (UTC)", "EVENT", "HANDLER", "ATTEMPTS", "REASON")]
+    for letter in letters:
+        reason = " ".join(letter.reason.split())
+        rows.append(
+            (
+                str(letter.id),
+                letter.failed_at.strftime("%Y-%m-%d %H:%M:%S"),
+                letter.event_name,
+                letter.handler or "(the whole event)",
+                str(letter.attempts),
+                reason if len(reason) <= 70 else reason[:69] + "…",
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+@dead.command(name="show")
+@click.argument("dead_letter_id", metavar="ID", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def dead_show(dead_letter_id: int, as_json: bool) -> None:
+    """Show everything about the dead letter ID: its event, data and traceback."""
+    letter = _dead_letter(dead_letter_id)
+    if as_json:
+        click.echo(json.dumps(letter.as_dict(), indent=2))
+        return
+    try:
+        data = json.dumps(json.loads(letter.payload)["data"], indent=2, sort_keys=True)
+    except (ValueError, TypeError, KeyError):
+        data = letter.payload  # not an eventlib payload: shown as it came
+    for label, value in [
+        ("id", letter.id),
+        ("event", letter.event_name),
+        ("event id", letter.event_id),
+        ("handler", letter.handler or "(the whole event)"),
+        ("attempts", letter.attempts),
+        ("failed at", letter.failed_at.isoformat()),
+        ("reason", letter.reason),
+    ]:
+        click.echo(f"{label + ':':<11}{value}")
+    click.echo("data:")
+    click.echo(_indent(data))
+    click.echo("traceback:")
+    click.echo(_indent(letter.traceback.rstrip() or "(none)"))
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+@dead.command(name="retry")
+@click.argument("dead_letter_id", metavar="[ID]", type=int, required=False)
+@click.option("--all", "retry_every", is_flag=True, help="Retry every dead letter.")
+@click.option(
+    "--here",
+    is_flag=True,
+    help="Run the handler in this process instead of sending it to a worker.",
+)
+def dead_retry(dead_letter_id: int | None, retry_every: bool, here: bool) -> None:
+    """Run the dead letter ID (or --all of them) again: only the handler that
+    failed, or the whole event when the whole event failed.
+
+    By default each is sent to the workers through the broker; with --here it
+    runs in this process and prints the outcome.  A success removes the dead
+    letter; a failure keeps it with one more attempt.  Exits 1 when a retry
+    run here failed again.
+    """
+    from .deadletters import list_dead_letters, retry
+
+    if (dead_letter_id is None) == (not retry_every):
+        _fail("give a dead letter ID or --all (one of them)")
+    if retry_every:
+        with _dead_letter_errors():
+            letters = list_dead_letters()
+        if not letters:
+            click.echo("no dead letters")
+            return
+    else:
+        letters = [_dead_letter(dead_letter_id)]  # type: ignore[arg-type]
+    failures = 0
+    for letter in letters:
+        if not here:
+            with _dead_letter_errors():
+                retry(letter.id)
+            click.echo(f"sent    {letter.id}  {_what(letter)}")
+            continue
+        with _dead_letter_errors():
+            problem = _retry_here(letter)
+        if problem is None:
+            click.echo(f"ok      {letter.id}  {_what(letter)}")
+        elif problem:
+            failures += 1
+            click.echo(f"FAILED  {letter.id}  {_what(letter)}: {problem}")
+    if failures:
+        sys.exit(EXIT_FAILED)
+
+
+def _retry_here(letter: DeadLetter) -> str | None:
+    """Retry a dead letter in this process: ``None`` when it succeeded, what
+    failed otherwise, ``''`` when it was removed meanwhile."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .deadletters import retry
+
+    try:
+        result = retry(letter.id, here=True)
+    except SQLAlchemyError:
+        raise
+    except Exception as error:  # the event still cannot be loaded
+        if isinstance(error, LookupError) and not isinstance(error, EventlibError):
+            return ""
+        return f"{type(error).__name__}: {error}"
+    assert result is not None
+    if result.ok:
+        return None
+    if result.invalid is not None:
+        return f"invalid data: {result.invalid}"
+    return "; ".join(
+        failure.error
+        if failure.handler == letter.handler
+        else f"{failure.handler}: {failure.error}"
+        for failure in result.failed
+    )
+
+
+@dead.command(name="purge")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dead_purge(yes: bool) -> None:
+    """Delete every dead letter."""
+    from .deadletters import database_name, list_dead_letters, purge
+
+    if not yes:
+        with _dead_letter_errors():
+            count = len(list_dead_letters())
+        if not count:
+            click.echo("no dead letters")
+            return
+        click.confirm(f"Delete {_letters(count)} from {database_name()}?", abort=True)
+    with _dead_letter_errors():
+        purged = purge()
+    click.echo(f"purged {_letters(purged)}")
+
+
+def _letters(count: int) -> str:
+    return f"{count} dead letter{'' if count == 1 else 's'}"
+
+
+@main.group()
+def spool() -> None:
+    """The events kept while the broker could not take them.
+
+    `log()` writes an event to the spool (EVENTLIB_SPOOL_PATH) when the
+    broker cannot take it; the process that spooled it publishes it once the
+    broker is back.  These commands show and publish what is waiting.
+    """
+
+
+@spool.command(name="status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def spool_status_command(as_json: bool) -> None:
+    """How many events wait in the spool, and the oldest one's age."""
+    from .dispatch import spool_status
+
+    with _errors_as_exit_codes():
+        status = spool_status()
+    if as_json:
+        click.echo(json.dumps({"count": status.count, "oldest_age": status.oldest_age}))
+    elif status.oldest_age is None:
+        click.echo("the spool is empty")
+    else:
+        click.echo(f"{status.count} events, the oldest spooled {status.oldest_age:.0f} s ago")
+
+
+@spool.command(name="flush")
+def spool_flush() -> None:
+    """Publish the spooled events now, oldest first; exit 3 (the events stay
+    spooled) when the broker still cannot take them."""
+    from .dispatch import flush_spool
+
+    with _errors_as_exit_codes():
+        published = flush_spool()
+    click.echo(f"published {published} spooled events")

@@ -48,6 +48,14 @@ class Settings:
     #: Make ``log()`` wait for the current database transaction to commit
     #: before sending (needs a transaction hook, see ``eventlib.contrib.django``).
     on_commit: bool = False
+    #: The SQLite file ``log()`` keeps events in while the broker cannot take
+    #: them (relative paths are from the working directory).
+    spool_path: str = "eventlib-spool.sqlite"
+    #: While the broker is known to be down, ``log()`` tries it again at most
+    #: this often, in seconds; between tries events go straight to the spool.
+    spool_probe_interval: float = 5.0
+    #: SQLAlchemy URL of the database that keeps dead letters.
+    dead_letter_url: str = "sqlite:///eventlib-dead-letters.sqlite"
     #: A Celery app of the user's; when ``None`` eventlib creates its own.
     #: Code only: there is no environment variable for it.
     celery_app: Any = field(default=None, compare=False)
@@ -114,6 +122,9 @@ _FROM_ENV: dict[str, Callable[[str, str], Any]] = {
     "broker_timeout": _parse_seconds,
     "broker_transport_options": _parse_json_object,
     "on_commit": _parse_bool,
+    "spool_path": _parse_text,
+    "spool_probe_interval": _parse_seconds,
+    "dead_letter_url": _parse_text,
 }
 
 _NAMES = frozenset(f.name for f in fields(Settings))
@@ -140,12 +151,12 @@ def _check(name: str, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigurationError(f"broker_transport_options must be a dict, not {value!r}")
         value = dict(value)
-    if name == "broker_timeout":
+    if name in ("broker_timeout", "spool_probe_interval"):
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ConfigurationError(
-                f"broker_timeout must be a positive number of seconds, not {value!r}"
-            )
+            raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
         value = float(value)
+    if name in ("spool_path", "dead_letter_url") and (not isinstance(value, str) or not value):
+        raise ConfigurationError(f"{name} must be a non-empty string, not {value!r}")
     return value
 
 
@@ -217,7 +228,8 @@ def configure(**values: Any) -> Settings:
 
     Accepts ``always_eager``, ``raise_errors``, ``apps``, ``broker_url``,
     ``queue``, ``broker_timeout``, ``broker_transport_options``,
-    ``on_commit`` and ``celery_app``.  Settings not named keep the value they had
+    ``on_commit``, ``spool_path``, ``spool_probe_interval``,
+    ``dead_letter_url`` and ``celery_app``.  Settings not named keep the value they had
     (from an earlier call, the environment or the default); the environment is
     read again.  An unknown name or a value of the wrong type raises
     :class:`~eventlib.ConfigurationError` and changes nothing.

@@ -3,25 +3,31 @@
 This is the only code that runs in the caller (a web view, a script).  It
 finds the event class, runs ``clean()``, serializes the data to JSON and sends
 ``eventlib.process(name, payload)`` to the configured queue, or, in eager mode,
-runs it in place through the same serialization round trip.
+runs it in place through the same serialization round trip.  When the broker
+cannot take an event, it goes to the spool (:mod:`eventlib.spool`).
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from kombu import Connection
 from kombu.utils.url import maybe_sanitize_url
 
+from . import metrics
 from .conf import Settings, get_settings, on_change
 from .discovery import find_event
 from .embedded import DEFAULT_PATH, SCHEME, url_for
 from .exceptions import ConfigurationError, DispatchError, ValidationError
 from .serialization import serialize_event
+from .spool import Circuit, Flusher, Spool, SpooledEvent, SpoolStatus
 from .tasks import TASK_NAME
 
 logger = logging.getLogger("eventlib")
@@ -33,6 +39,10 @@ _interceptors: list[Interceptor] = []
 
 _own_app: Celery | None = None
 _app_lock = threading.Lock()
+
+_circuit = Circuit()
+_flusher = Flusher()
+_spools: dict[Path, Spool] = {}
 
 
 #: ``hook(callback)`` runs ``callback`` once the current database
@@ -58,9 +68,15 @@ def log(
     :class:`~eventlib.InvalidEventName` or :class:`~eventlib.EventNotFound`),
     its ``clean()`` runs, the data is serialized to JSON (a value with no JSON
     form raises :class:`~eventlib.SerializationError`, a ``TypeError`` naming
-    the key path) and the event is sent to the Celery queue.  When the broker
-    cannot take it within ``broker_timeout`` seconds (connection refused,
-    no answer), :class:`~eventlib.DispatchError` names the broker.
+    the key path) and the event is sent to the Celery queue.
+
+    When the broker cannot take it within ``broker_timeout`` seconds
+    (connection refused, no answer), the event is kept in the local spool
+    and re-published once the broker is back; until then, later calls spool
+    at once, without trying the network (see :mod:`eventlib.spool`).  The id
+    is returned either way.  :class:`~eventlib.DispatchError`, naming the
+    broker and the spool, is raised only when the spool cannot be written
+    either.
 
     When ``clean()`` raises :class:`~eventlib.ValidationError`, nothing is
     sent: with ``raise_errors`` on (the default in eager mode) the error
@@ -130,21 +146,95 @@ def log_event(
 
 
 def _send(name: str, event_id: str, payload: str, settings: Settings) -> None:
+    """Hand the event to a test recorder, run it eagerly, publish it, or,
+    when the broker cannot take it, keep it in the spool."""
+    metrics.increment("logged")
     if _interceptors:
         _interceptors[-1](name, payload)
         return
     app = celery_app()
-    task = app.tasks[TASK_NAME]
     if settings.always_eager:
+        task = app.tasks[TASK_NAME]
         task.apply(args=(name, payload), task_id=event_id, throw=settings.should_raise)
         return
+    if _circuit.is_open:
+        _spool(app, settings, name, event_id, payload, None)
+        return
     try:
-        task.apply_async(args=(name, payload), task_id=event_id, queue=settings.queue)
+        _publish(app, settings.queue, name, event_id, payload)
     except Exception as error:
+        _circuit.trip()
+        logger.warning(
+            "The broker %s cannot take events (%r): spooling them in %s until it can",
+            broker_name(app),
+            error,
+            _spool_file(settings).path,
+            extra={"eventlib_event": name, "eventlib_event_id": event_id},
+        )
+        _spool(app, settings, name, event_id, payload, error)
+
+
+def _publish(app: Celery, queue: str, name: str, event_id: str, payload: str) -> None:
+    app.tasks[TASK_NAME].apply_async(args=(name, payload), task_id=event_id, queue=queue)
+
+
+def _spool(
+    app: Celery,
+    settings: Settings,
+    name: str,
+    event_id: str,
+    payload: str,
+    cause: Exception | None,
+) -> None:
+    spool = _spool_file(settings)
+    try:
+        spool.put(name, event_id, payload)
+    except sqlite3.Error as error:
         raise DispatchError(
             f"could not send the event {name} (id {event_id}) to the broker "
-            f"{broker_name(app)}: {error!r}"
+            f"{broker_name(app)}, nor keep it in the spool {spool.path}: {error}"
+        ) from cause or error
+    metrics.increment("spooled")
+    _flusher.ensure_running(
+        spool,
+        partial(_publish_spooled, app, settings.queue),
+        _circuit,
+        settings.spool_probe_interval,
+    )
+
+
+def _publish_spooled(app: Celery, queue: str, event: SpooledEvent) -> None:
+    _publish(app, queue, event.name, event.event_id, event.payload)
+    metrics.increment("published_from_spool")
+
+
+def _spool_file(settings: Settings) -> Spool:
+    """The spool of ``spool_path``; one object per path and process."""
+    path = Path(settings.spool_path).resolve()
+    spool = _spools.get(path)
+    if spool is None:
+        spool = _spools.setdefault(path, Spool(path, timeout=settings.broker_timeout))
+    return spool
+
+
+def flush_spool() -> int:
+    """Publish the spooled events now, in order, with the configured broker
+    and spool; return how many were published.  Raises
+    :class:`~eventlib.DispatchError` naming the broker when it still cannot
+    take them (those events stay spooled)."""
+    settings = get_settings()
+    app = celery_app()
+    try:
+        return _spool_file(settings).flush(partial(_publish_spooled, app, settings.queue))
+    except Exception as error:
+        raise DispatchError(
+            f"the broker {broker_name(app)} cannot take the spooled events: {error!r}"
         ) from error
+
+
+def spool_status() -> SpoolStatus:
+    """How many events the configured spool holds, and the oldest's age."""
+    return _spool_file(get_settings()).status()
 
 
 def broker_name(app: Celery) -> str:
@@ -241,17 +331,22 @@ def transport_options(broker_url: str, timeout: float) -> dict[str, Any]:
     if scheme in ("redis", "rediss", "sentinel"):
         return {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if scheme in ("amqp", "pyamqp", "amqps"):
-        return {"read_timeout": timeout, "write_timeout": timeout}
+        # confirm_publish: a publish returns once RabbitMQ has the message.
+        return {"read_timeout": timeout, "write_timeout": timeout, "confirm_publish": True}
     if scheme == SCHEME:
         return {"connect_args": {"timeout": timeout}}
     return {}
 
 
 def _drop_own_app(_: Settings) -> None:
-    """Settings changed: the next send builds a new app from them."""
+    """Settings changed: the next send builds a new app from them, and
+    tries the (maybe new) broker again."""
     global _own_app
     with _app_lock:
         old, _own_app = _own_app, None
+    _flusher.stop()
+    _circuit.close()
+    _spools.clear()
     if old is not None:
         old.close()
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from .discovery import EVENTS_MODULE
 from .exceptions import ValidationError
-from .registry import HANDLER_REGISTRY
+from .registry import DEFAULT_BACKOFF, DEFAULT_RETRIES, HANDLER_REGISTRY, check_retry_options
 
 _EVENTS_SUFFIX = "." + EVENTS_MODULE
 
@@ -33,18 +33,30 @@ class BaseEvent:
       ``'http'`` (the HTTP endpoint, see :mod:`eventlib.http`);
     - ``client_address``: for an event from the HTTP endpoint, the address
       of the client that sent it (``None`` otherwise).
+
+    The class attributes ``retries`` and ``backoff`` are the retry options of
+    the event's handlers that declare none (see :func:`~eventlib.handler`);
+    a subclass that sets one to something other than a number >= 0 raises
+    ``TypeError`` or ``ValueError`` when it is declared.
     """
 
     #: The event name, derived from the module and class name.
     name: ClassVar[str] = "eventlib.BaseEvent"
     #: Whether browsers may log this event through the HTTP endpoint.
     public: ClassVar[bool] = False
+    #: How many times a failed handler of this event runs again, unless it
+    #: declares its own ``retries``.
+    retries: ClassVar[int] = DEFAULT_RETRIES
+    #: Retry ``n`` of a handler of this event waits about ``backoff ** n``
+    #: seconds, unless the handler declares its own ``backoff``.
+    backoff: ClassVar[float] = DEFAULT_BACKOFF
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         module = cls.__module__
         app = module[: -len(_EVENTS_SUFFIX)] if module.endswith(_EVENTS_SUFFIX) else module
         cls.name = f"{app}.{cls.__name__}"
+        check_retry_options(cls.retries, cls.backoff, f"the event {cls.name}")
         HANDLER_REGISTRY._declare(cls)
 
     def __init__(

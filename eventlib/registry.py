@@ -5,12 +5,19 @@ class marked with a bare ``@handler`` are called as ``method(event)``, which is
 what calling an unbound method means; functions declared anywhere with
 ``@handler('app.EventName')`` are called the same way.  Both forms return the
 decorated function unchanged, so it can still be called directly.
+
+A handler may declare how often it is retried when it raises
+(``@handler(retries=5, backoff=2.0)``); an event class may declare the same
+for its handlers that don't (``retries = 3`` in its body).  Across processes
+a handler is known by its qualified name, ``module.QualifiedName``.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .discovery import parse_event_name
@@ -21,17 +28,84 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Attribute set on a method marked with a bare ``@handler``.
+#: Attribute holding the :class:`HandlerOptions` of a method marked with
+#: ``@handler``.
 METHOD_MARK = "__eventlib_handler__"
 
 ALL_EVENTS = "*"
+
+#: Retries of a handler when neither it nor its event class declares any.
+DEFAULT_RETRIES = 0
+#: Base of the delay between retries, in seconds, when none is declared.
+DEFAULT_BACKOFF = 2.0
+#: No retry waits longer than this, in seconds: a retry waits in a worker,
+#: unacknowledged, and brokers give such messages back after a while (Redis's
+#: ``visibility_timeout``, one hour by default; RabbitMQ's ``consumer_timeout``,
+#: 30 minutes by default).
+MAX_RETRY_DELAY = 900.0
+
+
+@dataclass(frozen=True)
+class HandlerOptions:
+    """How a handler is retried: ``None`` means "not declared here", and
+    :meth:`HandlerRegistry.options_of` fills it from the event class or the
+    defaults."""
+
+    #: How many times the handler runs again after it raised, before the
+    #: failure becomes a dead letter.
+    retries: int | None = None
+    #: Retry ``n`` (1, 2, ...) waits about ``backoff ** n`` seconds.
+    backoff: float | None = None
+
+    def __post_init__(self) -> None:
+        check_retry_options(self.retries, self.backoff, "@handler")
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first):
+        ``backoff ** retry`` (at most :data:`MAX_RETRY_DELAY`), times a random
+        factor between 0.5 and 1.5 so that handlers failing together do not
+        retry together, and never more than :data:`MAX_RETRY_DELAY`."""
+        backoff = DEFAULT_BACKOFF if self.backoff is None else self.backoff
+        backoff = float(min(backoff, MAX_RETRY_DELAY))  # a huge int has no float
+        try:
+            base = min(backoff**retry, MAX_RETRY_DELAY)
+        except OverflowError:
+            base = MAX_RETRY_DELAY
+        return min(base * random.uniform(0.5, 1.5), MAX_RETRY_DELAY)
+
+
+def check_retry_options(retries: Any, backoff: Any, where: str) -> None:
+    """Check declared retry options; ``None`` means not declared.
+
+    Raises ``TypeError`` unless ``retries`` is an int and ``backoff`` a
+    number, ``ValueError`` when either is negative; ``where`` names the
+    declaration in the message.
+    """
+    if retries is not None:
+        if isinstance(retries, bool) or not isinstance(retries, int):
+            raise TypeError(f"{where}: retries must be a whole number, not {retries!r}")
+        if retries < 0:
+            raise ValueError(f"{where}: retries must be 0 or more, not {retries!r}")
+    if backoff is not None:
+        if isinstance(backoff, bool) or not isinstance(backoff, int | float):
+            raise TypeError(f"{where}: backoff must be a number of seconds, not {backoff!r}")
+        if not backoff >= 0:
+            raise ValueError(f"{where}: backoff must be 0 or more, not {backoff!r}")
 
 
 @overload
 def handler(target: F, /) -> F: ...
 @overload
-def handler(target: str, /) -> Callable[[F], F]: ...
-def handler(target: Any, /) -> Any:
+def handler(
+    target: str, /, *, retries: int | None = None, backoff: float | None = None
+) -> Callable[[F], F]: ...
+@overload
+def handler(
+    target: None = None, /, *, retries: int | None = None, backoff: float | None = None
+) -> Callable[[F], F]: ...
+def handler(
+    target: Any = None, /, *, retries: int | None = None, backoff: float | None = None
+) -> Any:
     """Declare a handler.
 
     Used bare on a method of a :class:`~eventlib.BaseEvent` subclass, it marks
@@ -41,11 +115,15 @@ def handler(target: Any, /) -> Any:
             @handler
             def count(self): ...
 
+            @handler(retries=5, backoff=2.0)
+            def sync_crm(self): ...
+
     Called with an event name, it registers a function declared anywhere::
 
         @handler('shop.Refund')          # one event
         @handler('shop.*')               # every event of the shop app
         @handler('*')                    # every event
+        @handler('shop.Refund', retries=3)
         def audit(event): ...
 
     ``'shop.*'`` matches the events of the app ``shop`` itself, not those of
@@ -54,30 +132,50 @@ def handler(target: Any, /) -> Any:
     earlier one in place; lambdas and nested functions are told apart by
     identity.
 
+    ``retries`` is how many times the handler alone runs again, in a worker,
+    after it raised; retry ``n`` waits about ``backoff ** n`` seconds (see
+    :meth:`HandlerOptions.delay`).  A handler that declares neither takes its
+    event class's ``retries`` and ``backoff``, by default 0 and 2.0.  The
+    decorated function is returned unchanged either way.
+
     Raises :class:`~eventlib.InvalidEventName` for a malformed name or
-    pattern, and ``TypeError`` when used bare on something that is not a
-    method of a class (a function handler needs its event name).
+    pattern; ``TypeError`` when used bare on something that is not a method
+    of a class (a function handler needs its event name) or when ``retries``
+    or ``backoff`` is not a number; ``ValueError`` when one is negative.
     """
+    options = HandlerOptions(retries, backoff)
     if isinstance(target, str):
         pattern = _parse_target(target)
 
         def register(function: F) -> F:
             if not callable(function):
                 raise TypeError(f"@handler({target!r}) decorates a callable, not {function!r}")
-            HANDLER_REGISTRY._register(pattern, function)
+            HANDLER_REGISTRY._register(pattern, function, options)
             return function
 
         return register
+    if target is None:
+
+        def mark(method: F) -> F:
+            return _mark_method(method, options)
+
+        return mark
     if callable(target):
-        parts = getattr(target, "__qualname__", "").split(".")
-        if len(parts) < 2 or parts[-2] == "<locals>":
-            raise TypeError(
-                f"@handler is used bare on {_qualified_name(target)}, which is not a method: "
-                "a function handler names its event, as in @handler('app.EventName')"
-            )
-        setattr(target, METHOD_MARK, True)
-        return target
+        return _mark_method(target, options)
     raise TypeError(f"@handler takes a method or an event name, not {target!r}")
+
+
+def _mark_method(method: F, options: HandlerOptions) -> F:
+    if not callable(method):
+        raise TypeError(f"@handler(...) decorates a method, not {method!r}")
+    parts = getattr(method, "__qualname__", "").split(".")
+    if len(parts) < 2 or parts[-2] == "<locals>":
+        raise TypeError(
+            f"@handler is used bare on {_qualified_name(method)}, which is not a method: "
+            "a function handler names its event, as in @handler('app.EventName')"
+        )
+    setattr(method, METHOD_MARK, options)
+    return method
 
 
 def _parse_target(target: str) -> str:
@@ -93,6 +191,10 @@ def _parse_target(target: str) -> str:
         )
     parse_event_name(target)
     return target
+
+
+def _first_set(*values: Any) -> Any:
+    return next(value for value in values if value is not None)
 
 
 def _qualified_name(function: Callable[..., Any]) -> str:
@@ -118,7 +220,7 @@ def method_handlers(event_class: type) -> tuple[Callable[..., Any], ...]:
     found = []
     for attribute in order:
         value = next(vars(k)[attribute] for k in event_class.__mro__ if attribute in vars(k))
-        if callable(value) and getattr(value, METHOD_MARK, False):
+        if callable(value) and isinstance(getattr(value, METHOD_MARK, None), HandlerOptions):
             found.append(value)
     return tuple(found)
 
@@ -135,9 +237,12 @@ class HandlerRegistry(Mapping["type[BaseEvent]", "list[Callable[..., Any]]"]):
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._events: dict[type, tuple[Callable[..., Any], ...]] = {}
-        # (pattern, qualified name, function), in registration order.
-        self._functions: list[tuple[str, str, Callable[..., Any]]] = []
-        self._resolved: dict[type, tuple[Callable[..., Any], ...]] = {}
+        # (pattern, qualified name, function, options), in registration order.
+        self._functions: list[tuple[str, str, Callable[..., Any], HandlerOptions]] = []
+        # Per event class: its handlers and the options each declared.
+        self._resolved: dict[
+            type, tuple[tuple[Callable[..., Any], ...], tuple[HandlerOptions, ...]]
+        ] = {}
 
     def __getitem__(self, event_class: type[BaseEvent]) -> list[Callable[..., Any]]:
         return list(self.handlers_of(event_class))
@@ -154,6 +259,38 @@ class HandlerRegistry(Mapping["type[BaseEvent]", "list[Callable[..., Any]]"]):
     def handlers_of(self, event_class: type[BaseEvent]) -> tuple[Callable[..., Any], ...]:
         """The handlers of ``event_class`` as a tuple, cached until the next
         registration.  Raises ``KeyError`` for a class that is not an event."""
+        return self._resolve(event_class)[0]
+
+    def options_of(
+        self, event_class: type[BaseEvent], function: Callable[..., Any]
+    ) -> HandlerOptions:
+        """The retry options ``function`` has as a handler of ``event_class``,
+        both set: what the handler declared, else what the event class
+        declares (its ``retries`` and ``backoff`` attributes), else the
+        defaults.  Raises ``KeyError`` when ``function`` is not one of its
+        handlers."""
+        handlers, declared = self._resolve(event_class)
+        found = [options for f, options in zip(handlers, declared, strict=True) if f is function]
+        if not found:
+            raise KeyError(f"{_qualified_name(function)} is not a handler of {event_class.name}")
+        options = found[0]
+        return HandlerOptions(
+            _first_set(options.retries, getattr(event_class, "retries", None), DEFAULT_RETRIES),
+            _first_set(options.backoff, getattr(event_class, "backoff", None), DEFAULT_BACKOFF),
+        )
+
+    def find_handler(self, event_class: type[BaseEvent], name: str) -> Callable[..., Any]:
+        """The handler of ``event_class`` whose :func:`handler_name` is
+        ``name`` (the first, in call order, should two share it).  Raises
+        ``KeyError`` when there is none: it was renamed or removed."""
+        for function in self.handlers_of(event_class):
+            if _qualified_name(function) == name:
+                return function
+        raise KeyError(f"the event {event_class.name} has no handler named {name}")
+
+    def _resolve(
+        self, event_class: type
+    ) -> tuple[tuple[Callable[..., Any], ...], tuple[HandlerOptions, ...]]:
         try:
             return self._resolved[event_class]
         except KeyError:
@@ -162,11 +299,17 @@ class HandlerRegistry(Mapping["type[BaseEvent]", "list[Callable[..., Any]]"]):
             methods = self._events[event_class]
             name = event_class.name
             app_pattern = name.rpartition(".")[0] + ".*"
-            functions = tuple(f for pattern, _, f in self._functions if pattern == name)
-            patterns = tuple(
-                f for pattern, _, f in self._functions if pattern in (app_pattern, ALL_EVENTS)
+            functions = [(f, o) for pattern, _, f, o in self._functions if pattern == name]
+            patterns = [
+                (f, o)
+                for pattern, _, f, o in self._functions
+                if pattern in (app_pattern, ALL_EVENTS)
+            ]
+            entries = [(f, getattr(f, METHOD_MARK)) for f in methods] + functions + patterns
+            resolved = self._resolved[event_class] = (
+                tuple(f for f, _ in entries),
+                tuple(o for _, o in entries),
             )
-            resolved = self._resolved[event_class] = methods + functions + patterns
             return resolved
 
     def _declare(self, event_class: type) -> None:
@@ -174,13 +317,15 @@ class HandlerRegistry(Mapping["type[BaseEvent]", "list[Callable[..., Any]]"]):
             self._events[event_class] = method_handlers(event_class)
             self._resolved.clear()
 
-    def _register(self, pattern: str, function: Callable[..., Any]) -> None:
+    def _register(
+        self, pattern: str, function: Callable[..., Any], options: HandlerOptions
+    ) -> None:
         key = _qualified_name(function)
         if "<" in key:  # a lambda or a nested function: only itself is itself
             key = f"{key}#{id(function)}"
         with self._lock:
-            entry = (pattern, key, function)
-            for index, (registered_pattern, registered_key, _) in enumerate(self._functions):
+            entry = (pattern, key, function, options)
+            for index, (registered_pattern, registered_key, _, _) in enumerate(self._functions):
                 if (registered_pattern, registered_key) == (pattern, key):
                     self._functions[index] = entry
                     break

@@ -1,35 +1,86 @@
-"""eventlib's Celery task, ``eventlib.process``.
+"""eventlib's Celery tasks, ``eventlib.process`` and ``eventlib.retry_handler``.
 
-It is a shared task: every Celery app in the process registers it, the
+They are shared tasks: every Celery app in the process registers them, the
 user's own app as well as the one eventlib creates when there is none, so
-``celery -A yourproject worker -Q eventlib`` runs it like any other task.
+``celery -A yourproject worker -Q eventlib`` runs them like any other task.
+
+Each worker process logs eventlib's counters (:mod:`eventlib.metrics`) at
+INFO level every :data:`COUNTERS_LOG_EVERY` events and when it exits.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 from typing import Any
 
-from celery import shared_task
-from celery.signals import worker_init
+from celery import Task, shared_task
+from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 
+from . import metrics
 from .discovery import autodiscover
-from .processing import process
+from .processing import run_handler
+
+logger = logging.getLogger("eventlib")
 
 TASK_NAME = "eventlib.process"
+RETRY_TASK_NAME = "eventlib.retry_handler"
+
+#: A worker process logs its counters after every this many events.
+COUNTERS_LOG_EVERY = 1000
+
+_events_seen = itertools.count(1)
+
+# Both tasks: JSON only; acknowledged once the handlers ran, so that a worker
+# killed mid-event does not lose it: another worker runs it again (handlers
+# must be idempotent).
+_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "ignore_result": True,
+    "serializer": "json",
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+}
 
 
-@shared_task(
-    name=TASK_NAME,
-    ignore_result=True,
-    serializer="json",
-    # Acknowledged once the handlers ran: a worker killed mid-event does not
-    # lose it, another worker runs it again (handlers must be idempotent).
-    acks_late=True,
-    reject_on_worker_lost=True,
-)
-def process_event(name: str, payload: str) -> dict[str, Any]:
+@shared_task(name=TASK_NAME, **_OPTIONS)
+def process_event(self: Task, name: str, payload: str) -> dict[str, Any]:
     """Process one event in the worker; returns :meth:`ProcessResult.as_dict`."""
-    return process(name, payload).as_dict()
+    try:
+        return run_handler(name, payload, None, 1, app=self.app).as_dict()
+    finally:
+        if next(_events_seen) % COUNTERS_LOG_EVERY == 0:
+            log_counters()
+
+
+@shared_task(name=RETRY_TASK_NAME, **_OPTIONS)
+def retry_handler(
+    self: Task,
+    name: str,
+    payload: str,
+    handler: str | None,
+    attempt: int,
+    dead_letter: int | None = None,
+) -> dict[str, Any]:
+    """Run one handler of an event again (every handler when ``handler`` is
+    ``None``); ``attempt`` counts its runs, this one included.  With
+    ``dead_letter``, the run retries that dead letter.  Returns
+    :meth:`ProcessResult.as_dict`."""
+    return run_handler(
+        name, payload, handler, attempt, dead_letter=dead_letter, app=self.app
+    ).as_dict()
+
+
+def log_counters() -> None:
+    """Log this process's counters on the ``eventlib`` logger at INFO level,
+    as ``eventlib counters: logged=... processed=...``, with the values in
+    the record's ``eventlib_counters`` attribute."""
+    counts = metrics.snapshot()
+    logger.info(
+        "eventlib counters: %s",
+        " ".join(f"{name}={value}" for name, value in counts.items()),
+        extra={"eventlib_counters": counts},
+    )
 
 
 @worker_init.connect
@@ -37,3 +88,16 @@ def _discover_at_worker_start(**_: Any) -> None:
     """Import every configured app's events module before the worker takes
     its first event, so that import errors show at start."""
     autodiscover()
+
+
+@worker_process_shutdown.connect
+def _log_counters_of_pool_process(**_: Any) -> None:
+    log_counters()
+
+
+@worker_shutdown.connect
+def _log_counters_of_worker(**_: Any) -> None:
+    """A worker whose pool runs in its own process (``--pool=solo`` or
+    ``threads``) has counted something; prefork's main process has not."""
+    if any(metrics.snapshot().values()):
+        log_counters()

@@ -100,6 +100,10 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="eventlib-demo-"))
     database = workdir / "shop.sqlite"
     os.environ["SHOP_DATABASE"] = str(database)
+    # The failures become dead letters, and an outage would fill a spool:
+    # both in the demo's own files unless told otherwise.
+    os.environ.setdefault("EVENTLIB_DEAD_LETTER_URL", f"sqlite:///{workdir}/dead-letters.sqlite")
+    os.environ.setdefault("EVENTLIB_SPOOL_PATH", str(workdir / "spool.sqlite"))
     os.environ.setdefault("EVENTLIB_APPS", "shop")
     env = {
         **os.environ,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -313,19 +314,50 @@ def test_log_invalid_data_names_the_error_and_the_event(isolation, apps):
 
 
 @pytest.mark.parametrize("broker_url", UNREACHABLE_BROKERS)
-def test_log_to_an_unreachable_broker_fails_fast_on_one_line(isolation, apps, broker_url):
+def test_log_to_an_unreachable_broker_spools_the_event(isolation, apps, broker_url):
     # The timeout is the bound: a hanging connection would raise TimeoutExpired.
     result = run_cli(
         isolation, "--broker-url", broker_url, "log", "shop.Refund", "order_id=1", timeout=20
     )
 
-    assert result.returncode == 3
-    line = one_line_error(result)
-    assert "could not send the event shop.Refund" in line
-    assert "127.0.0.1:1" in line
-    assert "secret" not in line  # the password is masked
-    assert result.stdout == ""
+    assert result.returncode == 0, result.stderr
+    event_id = result.stdout.strip()
+    assert uuid.UUID(event_id)
+    assert "spooling them in" in result.stderr
+    assert "secret" not in result.stderr  # the password is masked
+    spool = sqlite3.connect(isolation.root / "eventlib-spool.sqlite")
+    try:
+        assert spool.execute("select event_id, name from spool").fetchall() == [
+            (event_id, "shop.Refund")
+        ]
+    finally:
+        spool.close()
     assert handler_lines(apps) == []
+
+
+@pytest.mark.parametrize("broker_url", UNREACHABLE_BROKERS)
+def test_log_exits_3_when_neither_the_broker_nor_the_spool_takes_the_event(
+    isolation, apps, broker_url
+):
+    result = run_cli(
+        isolation,
+        "--broker-url",
+        broker_url,
+        "log",
+        "shop.Refund",
+        "order_id=1",
+        timeout=20,
+        EVENTLIB_SPOOL_PATH=str(isolation.root / "missing" / "spool.sqlite"),
+    )
+
+    assert result.returncode == 3
+    line = result.stderr.splitlines()[-1]
+    assert line.startswith("eventlib: could not send the event shop.Refund")
+    assert "127.0.0.1:1" in line
+    assert "nor keep it in the spool" in line
+    assert "secret" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
 
 
 def test_log_to_an_unknown_broker_scheme_fails_on_one_line(isolation, apps):

@@ -420,7 +420,10 @@ def test_own_app_sends_to_its_broker(shop):
     ("url", "expected"),
     [
         ("redis://h:6379/0", {"socket_timeout": 1.5, "socket_connect_timeout": 1.5}),
-        ("amqp://guest:guest@h//", {"read_timeout": 1.5, "write_timeout": 1.5}),
+        (
+            "amqp://guest:guest@h//",
+            {"read_timeout": 1.5, "write_timeout": 1.5, "confirm_publish": True},
+        ),
         ("eventlib+sqlite:////tmp/b.sqlite", {"connect_args": {"timeout": 1.5}}),
         ("memory://", {}),
     ],

@@ -42,6 +42,7 @@ import eventlib
 from eventlib import dispatch
 from eventlib.contrib.django import configure_from_settings, views
 from eventlib.contrib.django.views import options_from_settings
+from eventlib.dispatch import spool_status
 from eventlib.http import Options, Response, make_application
 from eventlib.registry import HANDLER_REGISTRY
 
@@ -420,20 +421,31 @@ BROKER_DOWN = {
     "EVENTLIB_BROKER_URL": "amqp://guest@127.0.0.1:1//",
     "EVENTLIB_BROKER_TIMEOUT": 0.5,
 }
+#: Nor can the spool be written: a directory that does not exist.
+SPOOL_UNWRITABLE = {"EVENTLIB_SPOOL_PATH": "/nonexistent-eventlib-dir/spool.sqlite"}
 
 
-def test_a_broker_that_cannot_take_the_event_answers_503(storefront, client):
+def test_a_broker_that_cannot_take_the_event_answers_202_and_spools_it(storefront, client):
     with override_settings(**BROKER_DOWN):
+        apps.get_app_config("eventlib").ready()
+        response = beacon(client, "storefront.PageViewed", {"page": "/"})
+        status = spool_status()
+    assert response.status_code == 202
+    assert status.count == 1
+
+
+def test_an_event_neither_broker_nor_spool_can_take_answers_503(storefront, client):
+    with override_settings(**BROKER_DOWN, **SPOOL_UNWRITABLE):
         apps.get_app_config("eventlib").ready()  # as when Django starts
         response = beacon(client, "storefront.PageViewed", {"page": "/"})
     assert response.status_code == 503
     assert response.json() == {"error": "the event could not be queued; try again later"}
 
 
-def test_a_broker_that_cannot_take_the_event_answers_503_with_eventlib_on_commit(
+def test_an_event_neither_broker_nor_spool_can_take_answers_503_with_eventlib_on_commit(
     storefront, client
 ):
-    with override_settings(**BROKER_DOWN, EVENTLIB_ON_COMMIT=True):
+    with override_settings(**BROKER_DOWN, **SPOOL_UNWRITABLE, EVENTLIB_ON_COMMIT=True):
         apps.get_app_config("eventlib").ready()
         response = beacon(client, "storefront.PageViewed", {"page": "/"})
     assert response.status_code == 503

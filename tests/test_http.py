@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import eventlib
+from eventlib.dispatch import spool_status
 from eventlib.http import application, make_application
 
 from .http_server import LiveServer, Reply, serve
@@ -625,8 +626,23 @@ def test_an_unsupported_content_type_is_refused(server, deals, content_type, med
 # -------------------------------------------------------------------- 503 ---
 
 
-def test_a_broker_that_cannot_take_the_event_answers_503(server, deals, caplog):
+def test_a_broker_that_cannot_take_the_event_answers_202_and_spools_it(server, deals):
     eventlib.configure(always_eager=False, broker_url=UNREACHABLE_BROKER, broker_timeout=0.5)
+
+    reply = post(server, "__event__=deals.DealClick&deal_id=1")
+
+    assert reply.status == 202
+    assert spool_status().count == 1
+    assert deals.RECEIVED == []
+
+
+def test_an_event_neither_broker_nor_spool_can_take_answers_503(server, deals, caplog, tmp_path):
+    eventlib.configure(
+        always_eager=False,
+        broker_url=UNREACHABLE_BROKER,
+        broker_timeout=0.5,
+        spool_path=str(tmp_path / "missing" / "spool.sqlite"),
+    )
 
     reply = post(server, "__event__=deals.DealClick&deal_id=1")
 

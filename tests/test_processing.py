@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import sys
 from datetime import UTC, datetime
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 import eventlib
-from eventlib import dispatch
+from eventlib import deadletters, dispatch
 from eventlib.processing import HandlerFailure, ProcessResult
 from eventlib.serialization import serialize_event
 
@@ -72,6 +73,15 @@ SHOP_EVENTS = """
         @handler
         def record(self):
             CALLS.append((self.id, self.created_at, self.data))
+
+
+    class Crashing(BaseEvent):
+        def clean(self):
+            return self.data['missing']
+
+        @handler
+        def record(self):
+            CALLS.append('crashing')
 """
 
 ALL_REFUND_HANDLERS = (
@@ -99,6 +109,14 @@ def eventlib_errors(caplog) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "eventlib" and r.levelno == logging.ERROR]
 
 
+def dead_letters() -> list[tuple]:
+    """The dead letters recorded, without their time and traceback."""
+    return [
+        (d.event_name, d.event_id, d.payload, d.handler, d.attempts, d.reason)
+        for d in deadletters.list_dead_letters()
+    ]
+
+
 # ---------------------------------------------------------------- result ---
 
 
@@ -120,7 +138,9 @@ def test_every_handler_runs_in_order(shop, caplog):
     assert result.failed == ()
     assert result.invalid is None
     assert result.ok is True
+    assert result.retrying == ()
     assert eventlib_errors(caplog) == []
+    assert dead_letters() == []
 
 
 def test_handlers_get_the_id_time_and_data_of_the_payload(shop):
@@ -174,7 +194,27 @@ def test_a_failing_handler_does_not_stop_the_others(shop, caplog):
             {"handler": "shop.events.Refund.charge", "error": "RuntimeError('card declined')"},
         ),
         "invalid": None,
+        "retrying": (),
     }
+
+
+def test_a_failing_handler_without_retries_becomes_a_dead_letter_at_once(shop):
+    event_id, payload = payload_of(shop.Refund, {"declined": True})
+
+    result = eventlib.process("shop.Refund", payload)
+
+    assert result.retrying == ()
+    [letter] = deadletters.list_dead_letters()
+    assert (letter.event_name, letter.event_id, letter.payload) == (
+        "shop.Refund",
+        event_id,
+        payload,
+    )
+    assert (letter.handler, letter.attempts) == ("shop.events.Refund.charge", 1)
+    assert letter.reason == "RuntimeError: card declined"
+    assert letter.traceback.startswith("Traceback (most recent call last):")
+    assert "raise RuntimeError('card declined')" in letter.traceback
+    assert letter.traceback.endswith("RuntimeError: card declined\n")
 
 
 def test_a_failing_handler_is_logged_with_its_traceback(shop, caplog):
@@ -223,6 +263,7 @@ def test_data_refused_by_clean_runs_no_handler(shop, caplog):
         "succeeded": (),
         "failed": (),
         "invalid": "items must be a tuple, not list",
+        "retrying": (),
     }
     [record] = eventlib_errors(caplog)
     assert record.getMessage() == (
@@ -231,6 +272,37 @@ def test_data_refused_by_clean_runs_no_handler(shop, caplog):
     )
     assert record.eventlib_event == "shop.Order"
     assert record.eventlib_event_id == event_id
+    assert record.eventlib_handler is None
+    assert dead_letters() == [
+        (
+            "shop.Order",
+            event_id,
+            payload,
+            None,
+            1,
+            "ValidationError: items must be a tuple, not list",
+        )
+    ]
+
+
+def test_a_clean_that_crashes_makes_a_dead_letter_and_raises(shop, caplog):
+    event_id, payload = payload_of(shop.Crashing, {})
+
+    with pytest.raises(KeyError):
+        eventlib.process("shop.Crashing", payload)
+
+    assert shop.CALLS == []
+    [letter] = deadletters.list_dead_letters()
+    assert (letter.event_id, letter.handler, letter.reason) == (
+        event_id,
+        None,
+        "KeyError: 'missing'",
+    )
+    assert "return self.data['missing']" in letter.traceback
+    [record] = eventlib_errors(caplog)
+    assert record.getMessage() == (
+        f"Event shop.Crashing (id {event_id}) cannot be processed: KeyError: 'missing'"
+    )
 
 
 # ------------------------------------------------------------- discovery ---
@@ -301,12 +373,17 @@ def test_apps_are_discovered_again_when_the_setting_changes(shop, isolation):
 
 
 def test_unknown_event(shop):
-    _, payload = payload_of(shop.Refund, {})
+    event_id, payload = payload_of(shop.Refund, {})
 
     with pytest.raises(eventlib.EventNotFound) as error:
         eventlib.process("shop.Nope", payload)
 
     assert str(error.value) == "There is no event named Nope in the shop app"
+    [letter] = deadletters.list_dead_letters()
+    assert (letter.event_name, letter.event_id, letter.payload) == ("shop.Nope", event_id, payload)
+    assert (letter.handler, letter.attempts) == (None, 1)
+    assert letter.reason == "EventNotFound: There is no event named Nope in the shop app"
+    assert "eventlib.EventNotFound: There is no event named Nope" in letter.traceback
 
 
 def test_invalid_event_name(shop):
@@ -315,6 +392,11 @@ def test_invalid_event_name(shop):
     with pytest.raises(eventlib.InvalidEventName):
         eventlib.process("Refund", payload)
 
+    [(name, event_id, kept, handler, attempts, reason)] = dead_letters()
+    assert (name, kept, handler, attempts) == ("Refund", payload, None, 1)
+    assert event_id == json.loads(payload)["id"]
+    assert reason.startswith("InvalidEventName: Invalid event name 'Refund'")
+
 
 def test_garbage_payload(shop):
     with pytest.raises(eventlib.DeserializationError) as error:
@@ -322,6 +404,24 @@ def test_garbage_payload(shop):
 
     assert str(error.value) == "invalid JSON payload: Expecting value: line 1 column 1 (char 0)"
     assert shop.CALLS == []
+    assert dead_letters() == [
+        (
+            "shop.Refund",
+            None,
+            "not json",
+            None,
+            1,
+            "DeserializationError: invalid JSON payload: Expecting value: line 1 column 1 (char 0)",
+        )
+    ]
+
+
+def test_a_garbage_bytes_payload_is_kept_as_text(shop):
+    with pytest.raises(eventlib.DeserializationError):
+        eventlib.process("shop.Refund", b"\xff not json")
+
+    [letter] = deadletters.list_dead_letters()
+    assert letter.payload == "\ufffd not json"
 
 
 def test_json_that_is_not_a_payload(shop):
@@ -352,6 +452,7 @@ def test_the_celery_task_returns_the_result_as_a_dict(shop):
             {"handler": "shop.events.Refund.charge", "error": "RuntimeError('card declined')"},
         ),
         "invalid": None,
+        "retrying": (),
     }
     assert shop.CALLS == [
         "first",

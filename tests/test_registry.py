@@ -11,6 +11,7 @@ import pytest
 
 import eventlib
 from eventlib import HANDLER_REGISTRY, BaseEvent, InvalidEventName, ValidationError, handler
+from eventlib.registry import MAX_RETRY_DELAY, HandlerOptions, handler_name
 
 SHOP_EVENTS = """
     from eventlib import BaseEvent, handler
@@ -426,6 +427,246 @@ def test_lookup_of_a_class_that_is_not_an_event_raises_key_error():
 def test_registry_is_exported_by_the_package():
     assert eventlib.HANDLER_REGISTRY is HANDLER_REGISTRY
     assert eventlib.handler is handler
+
+
+# -------------------------------------------------------- retry options ---
+
+RETRYING_EVENTS = """
+    from eventlib import BaseEvent, handler
+
+    class Plain(BaseEvent):
+        @handler
+        def bare(self):
+            pass
+
+        @handler()
+        def called(self):
+            pass
+
+        @handler(retries=5, backoff=3.0)
+        def both(self):
+            pass
+
+    class Refund(BaseEvent):
+        retries = 3
+        backoff = 1.5
+
+        @handler
+        def inherits(self):
+            pass
+
+        @handler(retries=5)
+        def own_retries(self):
+            pass
+
+        @handler(backoff=0)
+        def own_backoff(self):
+            pass
+
+    class PartialRefund(Refund):
+        backoff = 4
+
+    @handler("shop.Refund")
+    def undeclared(event):
+        pass
+
+    @handler("shop.Refund", retries=1, backoff=0.5)
+    def declared(event):
+        pass
+
+    @handler("*")
+    def everywhere(event):
+        pass
+"""
+
+
+@pytest.fixture
+def retrying(isolation):
+    isolation.write("shop/events.py", RETRYING_EVENTS)
+    return importlib.import_module("shop.events")
+
+
+def options(event_class, function) -> tuple:
+    found = HANDLER_REGISTRY.options_of(event_class, function)
+    return found.retries, found.backoff
+
+
+def test_handlers_declare_no_retries_by_default(retrying):
+    plain = retrying.Plain
+
+    assert options(plain, plain.bare) == (0, 2.0)
+    assert options(plain, plain.called) == (0, 2.0)
+    assert options(plain, retrying.everywhere) == (0, 2.0)
+
+
+def test_a_method_declares_its_retries(retrying):
+    assert options(retrying.Plain, retrying.Plain.both) == (5, 3.0)
+
+
+def test_a_function_declares_its_retries(retrying):
+    assert options(retrying.Refund, retrying.declared) == (1, 0.5)
+
+
+def test_the_event_class_gives_its_handlers_what_they_do_not_declare(retrying):
+    refund = retrying.Refund
+
+    assert options(refund, refund.inherits) == (3, 1.5)
+    assert options(refund, refund.own_retries) == (5, 1.5)
+    assert options(refund, refund.own_backoff) == (3, 0)
+    assert options(refund, retrying.undeclared) == (3, 1.5)
+    # A pattern handler takes the defaults of the event it handles.
+    assert options(refund, retrying.everywhere) == (3, 1.5)
+    assert options(retrying.Plain, retrying.everywhere) == (0, 2.0)
+
+
+def test_a_subclass_inherits_and_overrides_the_class_defaults(retrying):
+    partial, refund = retrying.PartialRefund, retrying.Refund
+
+    assert options(partial, refund.inherits) == (3, 4)
+    assert options(partial, refund.own_retries) == (5, 4)
+    assert options(partial, retrying.everywhere) == (3, 4)
+
+
+def test_options_are_stored_on_the_method_and_the_decorators_return_it_unchanged(retrying):
+    both = retrying.Plain.both
+
+    assert both.__eventlib_handler__ == HandlerOptions(retries=5, backoff=3.0)
+    assert retrying.Plain.bare.__eventlib_handler__ == HandlerOptions()
+    assert HANDLER_REGISTRY[retrying.Plain] == [
+        retrying.Plain.bare,
+        retrying.Plain.called,
+        both,
+        retrying.everywhere,
+    ]
+    assert retrying.declared.__name__ == "declared"
+    assert not hasattr(retrying.declared, "__eventlib_handler__")
+
+
+def test_one_function_may_have_other_options_for_another_event(retrying):
+    def audit(event):
+        pass
+
+    handler("shop.Refund", retries=7)(audit)
+    handler("shop.Plain")(audit)
+
+    assert options(retrying.Refund, audit) == (7, 1.5)
+    assert options(retrying.Plain, audit) == (0, 2.0)
+
+
+def test_an_event_class_that_sets_its_options_to_none_keeps_the_defaults(isolation):
+    isolation.write(
+        "shop/events.py",
+        """
+        from eventlib import BaseEvent, handler
+
+        class Refund(BaseEvent):
+            retries = None
+            backoff = None
+
+            @handler
+            def charge(self):
+                pass
+        """,
+    )
+    shop = importlib.import_module("shop.events")
+
+    assert options(shop.Refund, shop.Refund.charge) == (0, 2.0)
+
+
+def test_options_of_a_function_that_is_not_a_handler_of_the_event(retrying):
+    with pytest.raises(KeyError, match=r"undeclared is not a handler of shop\.Plain"):
+        HANDLER_REGISTRY.options_of(retrying.Plain, retrying.undeclared)
+
+
+def test_find_handler_by_qualified_name(retrying):
+    refund, partial = retrying.Refund, retrying.PartialRefund
+
+    assert handler_name(refund.inherits) == "shop.events.Refund.inherits"
+    assert HANDLER_REGISTRY.find_handler(refund, "shop.events.Refund.inherits") is refund.inherits
+    assert HANDLER_REGISTRY.find_handler(refund, "shop.events.declared") is retrying.declared
+    assert HANDLER_REGISTRY.find_handler(refund, "shop.events.everywhere") is retrying.everywhere
+    # An inherited method keeps the name of the class that declares it.
+    assert HANDLER_REGISTRY.find_handler(partial, "shop.events.Refund.inherits") is refund.inherits
+
+
+def test_find_handler_that_does_not_exist(retrying):
+    with pytest.raises(KeyError) as raised:
+        HANDLER_REGISTRY.find_handler(retrying.Plain, "shop.events.declared")
+
+    assert raised.value.args[0] == "the event shop.Plain has no handler named shop.events.declared"
+
+
+@pytest.mark.parametrize(
+    ("declared", "error", "message"),
+    [
+        ({"retries": -1}, ValueError, "retries must be 0 or more, not -1"),
+        ({"retries": 2.5}, TypeError, "retries must be a whole number, not 2.5"),
+        ({"retries": True}, TypeError, "retries must be a whole number, not True"),
+        ({"retries": "3"}, TypeError, "retries must be a whole number, not '3'"),
+        ({"backoff": -0.5}, ValueError, "backoff must be 0 or more, not -0.5"),
+        ({"backoff": float("nan")}, ValueError, "backoff must be 0 or more, not nan"),
+        ({"backoff": "2"}, TypeError, "backoff must be a number of seconds, not '2'"),
+    ],
+)
+def test_bad_options_are_refused_where_they_are_declared(isolation, declared, error, message):
+    with pytest.raises(error, match=f"^@handler: {message}$"):
+        handler(**declared)
+    with pytest.raises(error, match=f"^@handler: {message}$"):
+        handler("shop.Refund", **declared)
+    body = "\n".join(f"    {name} = {value!r}" for name, value in declared.items())
+    body = body.replace("nan", "float('nan')")
+    isolation.write(
+        "shop/events.py", f"from eventlib import BaseEvent\n\nclass Bad(BaseEvent):\n{body}\n"
+    )
+    with pytest.raises(error, match=f"^the event shop\\.Bad: {message}$"):
+        importlib.import_module("shop.events")
+
+
+def test_handler_with_options_refuses_a_module_level_function(isolation):
+    isolation.write(
+        "audit/handlers.py",
+        """
+        from eventlib import handler
+
+        @handler(retries=2)
+        def on_refund(event):
+            pass
+        """,
+    )
+    with pytest.raises(TypeError, match=r"@handler\('app\.EventName'\)"):
+        importlib.import_module("audit.handlers")
+
+
+def test_the_delay_grows_as_backoff_to_the_power_of_the_retry_with_jitter():
+    options = HandlerOptions(backoff=2.0)
+
+    for retry, base in [(1, 2.0), (2, 4.0), (3, 8.0), (6, 64.0)]:
+        delays = [options.delay(retry) for _ in range(200)]
+        assert all(0.5 * base <= delay <= 1.5 * base for delay in delays), (retry, delays)
+        assert max(delays) - min(delays) > 0.1 * base  # not the same every time
+
+
+def test_the_delay_never_exceeds_the_maximum_even_for_huge_retries():
+    # Past the maximum, the jitter still spreads retries over its upper half.
+    for options, retry in [
+        (HandlerOptions(backoff=2.0), 12),
+        (HandlerOptions(backoff=2.0), 5000),
+        (HandlerOptions(backoff=10**400), 1),
+    ]:
+        delays = [options.delay(retry) for _ in range(200)]
+        assert all(MAX_RETRY_DELAY / 2 <= delay <= MAX_RETRY_DELAY for delay in delays)
+        assert max(delays) == MAX_RETRY_DELAY
+        assert min(delays) < MAX_RETRY_DELAY * 0.9
+
+
+def test_a_zero_backoff_retries_at_once():
+    assert HandlerOptions(backoff=0).delay(1) == 0
+    assert HandlerOptions(backoff=0).delay(9) == 0
+
+
+def test_the_default_backoff_is_two_seconds():
+    delays = [HandlerOptions().delay(1) for _ in range(100)]
+    assert all(1.0 <= delay <= 3.0 for delay in delays)
 
 
 # ------------------------------------------------------------ BaseEvent ---

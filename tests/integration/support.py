@@ -79,7 +79,10 @@ class Records:
         self.path = path
         with sqlite3.connect(path) as db:
             db.execute("pragma journal_mode=wal")
-            db.execute("create table runs (event_id text, handler text, pid integer, ppid integer)")
+            db.execute(
+                "create table runs "
+                "(event_id text, handler text, pid integer, ppid integer, at real)"
+            )
         db.close()
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -114,8 +117,8 @@ def record(event, handler):
     try:
         with db:
             db.execute(
-                "insert into runs values (?, ?, ?, ?)",
-                (event.id, handler, os.getpid(), os.getppid()),
+                "insert into runs values (?, ?, ?, ?, ?)",
+                (event.id, handler, os.getpid(), os.getppid(), time.time()),
             )
     finally:
         db.close()
@@ -159,6 +162,33 @@ class Slow(eventlib.BaseEvent):
         if runs(self, "started") == 1:
             time.sleep(120)  # the test kills the worker here
         record(self, "finished")
+
+
+class Refund(eventlib.BaseEvent):
+    # Retry n of a handler waits 1 ** n seconds, times 0.5 to 1.5.
+    retries = 2
+    backoff = 1.0
+
+    @eventlib.handler
+    def ledger(self):
+        record(self, "ledger")
+
+    @eventlib.handler
+    def flaky(self):
+        record(self, "flaky")
+        if runs(self, "flaky") < 3:
+            raise ConnectionError(f"flaky for {self.id}")
+
+    @eventlib.handler(retries=1)
+    def broken(self):
+        record(self, "broken")
+        if not os.path.exists(os.environ["EVENTLIB_TEST_RECORDS"] + ".fixed"):
+            raise RuntimeError(f"broken for {self.id}")
+
+
+@eventlib.handler("shop.Refund")
+def notify(event):
+    record(event, "notify")
 """
 
 
@@ -222,10 +252,12 @@ class Project:
         self.root = isolation.root
         self.tmp_path = tmp_path
         self.records = Records(tmp_path / "records.sqlite")
+        self.dead_letter_url = f"sqlite:///{tmp_path / 'dead-letters.sqlite'}"
         self.settings: dict[str, str] = {
             "EVENTLIB_APPS": "shop",
             "EVENTLIB_BROKER_URL": broker,
             "EVENTLIB_QUEUE": queue,
+            "EVENTLIB_DEAD_LETTER_URL": self.dead_letter_url,
         }
         self.workers: list[Worker] = []
 
@@ -238,15 +270,23 @@ class Project:
             broker_url=self.settings["EVENTLIB_BROKER_URL"],
             queue=self.settings["EVENTLIB_QUEUE"],
             broker_transport_options=json.loads(options) if options else {},
+            dead_letter_url=self.dead_letter_url,
         )
 
-    def start_worker(self) -> Worker:
+    def environment(self) -> dict[str, str]:
+        """The environment of a worker or command of the project: its
+        settings and none of the machine's ``EVENTLIB_*`` variables."""
         env = {key: value for key, value in os.environ.items() if not key.startswith("EVENTLIB_")}
         env.update(self.settings)
         env["EVENTLIB_TEST_RECORDS"] = str(self.records.path)
         env["PYTHONPATH"] = os.pathsep.join([str(self.root), env.get("PYTHONPATH", "")])
+        return env
+
+    def start_worker(self) -> Worker:
         worker = Worker(
-            env, self.tmp_path / f"worker-{len(self.workers)}.log", f"w{len(self.workers)}"
+            self.environment(),
+            self.tmp_path / f"worker-{len(self.workers)}.log",
+            f"w{len(self.workers)}",
         )
         self.workers.append(worker)
         worker.wait_ready()
