@@ -3,7 +3,6 @@ by the tests (never the shared service), real workers, the spool."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -11,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -108,17 +106,6 @@ def outage_project(isolation, tmp_path, redis_server):
     project.close()
 
 
-def audited(project: Project) -> Counter[str]:
-    """How many times each event's last handler ran."""
-    return Counter(
-        dict(
-            project.records.query(
-                "select event_id, count(*) from runs where handler = 'audit' group by event_id"
-            )
-        )
-    )
-
-
 def test_events_logged_during_an_outage_are_spooled_then_all_processed(
     outage_project, redis_server
 ):
@@ -133,7 +120,11 @@ def test_events_logged_during_an_outage_are_spooled_then_all_processed(
     # taken at the very moment Redis dies is lost by the transport, whatever
     # eventlib does (docs/reliability.md).  What this test proves is the
     # spool: every event logged while Redis is down is processed.
-    wait_for(lambda: set(before) <= set(audited(project)), 60, "the first events to run")
+    wait_for(
+        lambda: set(before) <= set(project.records.runs_per_event("audit")),
+        60,
+        "the first events to run",
+    )
     redis_server.kill()
     started = time.monotonic()
     during = [eventlib.log("shop.Purchase", {"sku": f"during-{n}"}) for n in range(300)]
@@ -152,10 +143,10 @@ def test_events_logged_during_an_outage_are_spooled_then_all_processed(
         # worker held come back after the visibility timeout.
         if all(worker.process.poll() is not None for worker in project.workers):
             project.start_worker()
-        return everything <= set(audited(project))
+        return everything <= set(project.records.runs_per_event("audit"))
 
     wait_for(all_processed, 120, "every event to be processed")
-    runs = audited(project)
+    runs = project.records.runs_per_event("audit")
     assert set(runs) == everything  # nothing lost, nothing unknown
     assert runs == Counter(dict.fromkeys(everything, 1))  # and nothing twice
     # 300 spooled calls with a dead broker: far from 300 network timeouts.
@@ -247,48 +238,35 @@ def test_processes_and_threads_logging_while_the_broker_is_down_lose_nothing(
     result = flush(project)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"published {len(ids)} spooled events"
-    wait_for(lambda: set(ids) <= set(audited(project)), 120, "every spooled event to run")
-    assert audited(project) == Counter(dict.fromkeys(ids, 1))
+    wait_for(
+        lambda: set(ids) <= set(project.records.runs_per_event("audit")),
+        120,
+        "every spooled event to run",
+    )
+    assert project.records.runs_per_event("audit") == Counter(dict.fromkeys(ids, 1))
     assert spool_status().count == 0
 
 
-def test_the_first_call_waits_for_a_silent_broker_and_the_rest_spool_at_once(isolation):
+def test_the_first_call_waits_for_a_silent_broker_and_the_rest_spool_at_once(
+    isolation, silent_port
+):
     """A broker that accepts connections and never answers."""
     isolation.write(
         "shop/events.py", "import eventlib\nclass Purchase(eventlib.BaseEvent):\n    pass\n"
     )
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                held.append(server.accept()[0])
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        port = server.getsockname()[1]
-        eventlib.configure(
-            broker_url=f"redis://127.0.0.1:{port}/0", broker_timeout=0.5, spool_probe_interval=3600
-        )
-        started = time.monotonic()
+    eventlib.configure(
+        broker_url=f"redis://127.0.0.1:{silent_port}/0",
+        broker_timeout=0.5,
+        spool_probe_interval=3600,
+    )
+    started = time.monotonic()
+    eventlib.log("shop.Purchase", {})
+    first = time.monotonic() - started
+    started = time.monotonic()
+    for _ in range(200):
         eventlib.log("shop.Purchase", {})
-        first = time.monotonic() - started
-        started = time.monotonic()
-        for _ in range(200):
-            eventlib.log("shop.Purchase", {})
-        rest = (time.monotonic() - started) / 200
-    finally:
-        stop.set()
-        thread.join()
-        for connection in held:
-            connection.close()
-        server.close()
+    rest = (time.monotonic() - started) / 200
+
     assert first < 0.5 * 2 + 1.5
     # Upper bounds far from the targets; docs/benchmarks.md has the figures.
     assert rest < 0.02

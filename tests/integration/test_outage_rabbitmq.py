@@ -12,7 +12,6 @@ import socket
 import subprocess
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -207,17 +206,6 @@ def outage_project(isolation, tmp_path, rabbitmq):
     project.close()
 
 
-def audited(project: Project) -> Counter[str]:
-    """How many times each event's last handler ran."""
-    return Counter(
-        dict(
-            project.records.query(
-                "select event_id, count(*) from runs where handler = 'audit' group by event_id"
-            )
-        )
-    )
-
-
 def test_events_logged_during_a_rabbitmq_outage_are_spooled_then_all_processed(
     outage_project, rabbitmq
 ):
@@ -238,10 +226,14 @@ def test_events_logged_during_a_rabbitmq_outage_are_spooled_then_all_processed(
     everything = set(before) | set(during)
     # The worker reconnects by itself (Celery retries the broker connection).
     try:
-        wait_for(lambda: everything <= set(audited(project)), 60, "every event to be processed")
+        wait_for(
+            lambda: everything <= set(project.records.runs_per_event("audit")),
+            60,
+            "every event to be processed",
+        )
     except pytest.fail.Exception as timeout:
         pytest.fail(f"{timeout}; the worker's log:\n{worker.log[-5000:]}")
-    runs = audited(project)
+    runs = project.records.runs_per_event("audit")
     assert set(runs) == everything  # nothing lost, nothing unknown
     # At least once: the events the worker was running when RabbitMQ died
     # (acknowledged late, the acks failed) and those whose acks the node had
