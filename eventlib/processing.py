@@ -66,7 +66,7 @@ class ProcessResult:
         return self.invalid is None and not self.failed
 
     def as_dict(self) -> dict[str, Any]:
-        """The result as JSON-able data (what the Celery task returns)."""
+        """The result as JSON-able data."""
         return asdict(self)
 
 

@@ -44,10 +44,16 @@ _OPTIONS: dict[str, Any] = {
 
 
 @shared_task(name=TASK_NAME, **_OPTIONS)
-def process_event(self: Task, name: str, payload: str) -> dict[str, Any]:
-    """Process one event in the worker; returns :meth:`ProcessResult.as_dict`."""
+def process_event(self: Task, name: str, payload: str) -> None:
+    """Process one event in the worker.
+
+    Returns ``None``: the outcome is in the logs, the counters and the dead
+    letters (results are ignored, and Celery would still ``saferepr`` a
+    return value).  :func:`eventlib.process` and :func:`run_handler` return
+    the :class:`~eventlib.processing.ProcessResult` for callers that want it.
+    """
     try:
-        return run_handler(name, payload, None, 1, app=self.app).as_dict()
+        run_handler(name, payload, None, 1, app=self.app)
     finally:
         if next(_events_seen) % COUNTERS_LOG_EVERY == 0:
             log_counters()
@@ -61,14 +67,16 @@ def retry_handler(
     handler: str | None,
     attempt: int,
     dead_letter: int | None = None,
-) -> dict[str, Any]:
+) -> None:
     """Run one handler of an event again (every handler when ``handler`` is
     ``None``); ``attempt`` counts its runs, this one included.  With
-    ``dead_letter``, the run retries that dead letter.  Returns
-    :meth:`ProcessResult.as_dict`."""
-    return run_handler(
-        name, payload, handler, attempt, dead_letter=dead_letter, app=self.app
-    ).as_dict()
+    ``dead_letter``, the run retries that dead letter.
+
+    Returns ``None``: the outcome is in the logs, the counters and the dead
+    letters.  :func:`run_handler` returns the
+    :class:`~eventlib.processing.ProcessResult` for callers that want it.
+    """
+    run_handler(name, payload, handler, attempt, dead_letter=dead_letter, app=self.app)
 
 
 def log_counters() -> None:

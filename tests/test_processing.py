@@ -12,7 +12,7 @@ import pytest
 
 import eventlib
 from eventlib import deadletters, dispatch
-from eventlib.processing import HandlerFailure, ProcessResult
+from eventlib.processing import HandlerFailure, ProcessResult, run_handler
 from eventlib.serialization import serialize_event
 
 SHOP_EVENTS = """
@@ -438,13 +438,13 @@ def test_json_that_is_not_a_payload(shop):
 # ------------------------------------------------------------ Celery task ---
 
 
-def test_the_celery_task_returns_the_result_as_a_dict(shop):
-    task = dispatch.celery_app().tasks["eventlib.process"]
+def test_what_the_celery_task_runs_gives_the_result_as_a_dict(shop):
     event_id, payload = payload_of(shop.Refund, {"declined": True})
 
-    returned = task.apply(args=("shop.Refund", payload)).get()
+    # What the task runs; it returns None.
+    result = run_handler("shop.Refund", payload, None, 1, app=dispatch.celery_app())
 
-    assert returned == {
+    assert result.as_dict() == {
         "name": "shop.Refund",
         "event_id": event_id,
         "succeeded": tuple(h for h in ALL_REFUND_HANDLERS if not h.endswith(".charge")),
@@ -461,4 +461,30 @@ def test_the_celery_task_returns_the_result_as_a_dict(shop):
         "notify",
         "audit_everything",
         "shop_stats",
+    ]
+
+
+def test_the_celery_task_runs_the_handlers_and_returns_none(shop):
+    task = dispatch.celery_app().tasks["eventlib.process"]
+    event_id, payload = payload_of(shop.Refund, {"declined": True})
+
+    assert task.apply(args=("shop.Refund", payload)).get() is None
+
+    assert shop.CALLS == [
+        "first",
+        "charge",
+        "last",
+        "notify",
+        "audit_everything",
+        "shop_stats",
+    ]
+    assert dead_letters() == [
+        (
+            "shop.Refund",
+            event_id,
+            payload,
+            "shop.events.Refund.charge",
+            1,
+            "RuntimeError: card declined",
+        )
     ]

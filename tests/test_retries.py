@@ -256,13 +256,13 @@ def test_a_failed_handler_is_sent_alone_to_run_later_on_eventlib_s_queue(shop, m
     eventlib.configure(always_eager=False, celery_app=memory_app)
     event = shop.Refund({"order_id": 1})
     payload = serialize_event(event)
-    task = memory_app.tasks["eventlib.process"]
 
     sent_at = datetime.now(UTC)
-    result = task.apply(args=("shop.Refund", payload)).get()  # what a worker runs
+    # What the worker's task eventlib.process runs (the task returns None).
+    result = run_handler("shop.Refund", payload, None, 1, app=memory_app)
 
     assert Counter(shop.RUNS) == Counter(ledger=1, flaky=1, broken=1, fragile=1, notify=1)
-    assert result["retrying"] == ("shop.events.Refund.flaky", "shop.events.Refund.broken")
+    assert result.retrying == ("shop.events.Refund.flaky", "shop.events.Refund.broken")
     assert letters() == []
     messages = receive_all(memory_app)
     assert [m.headers["task"] for m in messages] == ["eventlib.retry_handler"] * 2
@@ -280,26 +280,52 @@ def test_a_failed_handler_is_sent_alone_to_run_later_on_eventlib_s_queue(shop, m
 
 def test_the_retry_task_runs_only_its_handler_until_the_last_retry(shop, memory_app):
     eventlib.configure(always_eager=False, celery_app=memory_app)
-    task = memory_app.tasks["eventlib.retry_handler"]
     payload = serialize_event(shop.Refund({"order_id": 1}))
 
-    second = task.apply(args=("shop.Refund", payload, "shop.events.Refund.broken", 2)).get()
+    # What the worker's task eventlib.retry_handler runs (the task returns None).
+    second = run_handler("shop.Refund", payload, "shop.events.Refund.broken", 2, app=memory_app)
 
     assert shop.RUNS == ["broken"]
-    assert second["failed"] == (
+    assert second.as_dict()["failed"] == (
         {"handler": "shop.events.Refund.broken", "error": "RuntimeError('broken, run 1')"},
     )
-    assert second["retrying"] == ("shop.events.Refund.broken",)
+    assert second.retrying == ("shop.events.Refund.broken",)
     [message] = receive_all(memory_app)
     args, _, _ = message.decode()
     assert args == ["shop.Refund", payload, "shop.events.Refund.broken", 3]
     delay = (datetime.fromisoformat(message.headers["eta"]) - datetime.now(UTC)).total_seconds()
     assert 4.5 - 1 <= delay <= 13.5, delay  # backoff ** 2 = 9 seconds, times 0.5 to 1.5
 
-    third = task.apply(args=tuple(args)).get()
+    third = run_handler(*args, app=memory_app)
 
     assert shop.RUNS == ["broken", "broken"]
-    assert third["retrying"] == ()
+    assert third.retrying == ()
+    assert receive_all(memory_app) == []
+    assert letters() == [
+        ("shop.Refund", "shop.events.Refund.broken", 3, "RuntimeError: broken, run 2")
+    ]
+
+
+def test_the_tasks_run_the_handlers_send_the_retries_and_return_none(shop, memory_app):
+    # A worker's tasks: the outcome is in the logs, the counters and the dead
+    # letters, not in a return value.
+    eventlib.configure(always_eager=False, celery_app=memory_app)
+    payload = serialize_event(shop.Refund({"order_id": 1}))
+    process = memory_app.tasks["eventlib.process"]
+    retry = memory_app.tasks["eventlib.retry_handler"]
+
+    assert process.apply(args=("shop.Refund", payload)).get() is None
+
+    assert Counter(shop.RUNS) == Counter(ledger=1, flaky=1, broken=1, fragile=1, notify=1)
+    assert [m.decode()[0] for m in receive_all(memory_app)] == [
+        ["shop.Refund", payload, "shop.events.Refund.flaky", 2],
+        ["shop.Refund", payload, "shop.events.Refund.broken", 2],
+    ]
+
+    args = ("shop.Refund", payload, "shop.events.Refund.broken", 3)
+    assert retry.apply(args=args).get() is None
+
+    assert Counter(shop.RUNS)["broken"] == 2
     assert receive_all(memory_app) == []
     assert letters() == [
         ("shop.Refund", "shop.events.Refund.broken", 3, "RuntimeError: broken, run 2")
@@ -337,13 +363,13 @@ def test_a_retry_that_cannot_be_sent_becomes_a_dead_letter(shop):
     eventlib.configure(broker_url="amqp://guest:guest@127.0.0.1:1//", broker_timeout=0.5)
     payload = serialize_event(shop.Refund({"order_id": 1}))
     shop.FAILURES["flaky"] = 1
-    task = celery_app().tasks["eventlib.process"]
 
     started = time.monotonic()
-    result = task.apply(args=("shop.Refund", payload)).get()
+    # What the worker's task eventlib.process runs (the task returns None).
+    result = run_handler("shop.Refund", payload, None, 1, app=celery_app())
 
     assert time.monotonic() - started < 10
-    assert result["retrying"] == ()
+    assert result.retrying == ()
     found = {handler: (attempts, reason) for _, handler, attempts, reason in letters()}
     attempts, reason = found["shop.events.Refund.flaky"]
     assert attempts == 1
