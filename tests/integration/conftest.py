@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 
 from eventlib.embedded import url_for
 
@@ -31,9 +31,12 @@ def queue(broker) -> Iterator[str]:
     name = f"eventlib-test-{uuid.uuid4().hex[:12]}"
     yield name
     with Connection(broker) as connection:
-        channel = connection.default_channel
-        with contextlib.suppress(Exception):  # already gone, or the broker went away
-            channel.queue_delete(name)
+        # Declared first: kombu's Redis transport deletes only the queues
+        # its channel knows.
+        declared = Queue(name, Exchange(name), name, channel=connection.default_channel)
+        with contextlib.suppress(Exception):  # the broker went away
+            declared.declare()
+            declared.delete()
 
 
 @pytest.fixture
