@@ -213,15 +213,16 @@ def _error(status: HTTPStatus, message: str, headers: tuple[tuple[str, str], ...
     return Response(status, {"error": message}, headers)
 
 
-def _media_type(content_type: str) -> str:
+def media_type(content_type: str) -> str:
+    """The media type of a Content-Type header, lower case, without parameters."""
     return content_type.partition(";")[0].strip().lower()
 
 
 def _read_event(request: Request, options: Options) -> tuple[str, dict[str, Any]]:
     query = _parse_pairs(request.query_string, "query string")
     name = query.pop(EVENT_PARAMETER, None)
-    media_type = _media_type(request.content_type)
-    if media_type in JSON_TYPES:
+    kind = media_type(request.content_type)
+    if kind in JSON_TYPES:
         if query:
             raise RequestError(
                 HTTPStatus.BAD_REQUEST,
@@ -234,7 +235,7 @@ def _read_event(request: Request, options: Options) -> tuple[str, dict[str, Any]
                 f"the query names the event {name!r} and the body {body_name!r}",
             )
         name = name if name is not None else body_name
-    elif media_type in FORM_TYPES or (not request.body and media_type in ("", "text/plain")):
+    elif kind in FORM_TYPES or (not request.body and kind in ("", "text/plain")):
         data = query
         form = _parse_pairs(_decode_text(request.body, "body"), "body")
         if EVENT_PARAMETER in form:
@@ -251,7 +252,7 @@ def _read_event(request: Request, options: Options) -> tuple[str, dict[str, Any]
     else:
         raise RequestError(
             HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-            f"unsupported content type {media_type!r}: send application/json or "
+            f"unsupported content type {kind!r}: send application/json or "
             "application/x-www-form-urlencoded",
         )
     if not name:

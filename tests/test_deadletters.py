@@ -9,12 +9,10 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from celery import Celery
 from click.testing import CliRunner
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -57,22 +55,6 @@ def shop(isolation, monkeypatch):
     monkeypatch.delenv("SHOP_FIXED", raising=False)
     isolation.write("shop/events.py", SHOP_EVENTS)
     return importlib.import_module("shop.events")
-
-
-@pytest.fixture
-def memory_app() -> Iterator[Celery]:
-    app = Celery("proj", broker="memory://", set_as_current=False)
-    _purge(app)
-    yield app
-    _purge(app)
-    app.close()
-
-
-def _purge(app: Celery) -> None:
-    with app.connection_for_write() as connection:
-        queue = connection.SimpleQueue("eventlib")
-        queue.clear()
-        queue.close()
 
 
 def handlers_run(shop) -> list[str]:

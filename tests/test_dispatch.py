@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -279,26 +278,6 @@ def test_a_users_eager_celery_app_runs_the_shared_task(shop):
     assert (event.id, event.data) == (event_id, {"order_id": 7})
 
 
-@pytest.fixture
-def memory_app() -> Iterator[Celery]:
-    """A user's Celery app on kombu's in-memory broker, whose queues are
-    shared by every connection in this process: they are emptied around the
-    test."""
-    app = Celery("proj", broker="memory://", set_as_current=False)
-    _purge(app)
-    yield app
-    _purge(app)
-    app.close()
-
-
-def _purge(app: Celery) -> None:
-    with app.connection_for_write() as connection:
-        for name in ("eventlib", "refunds"):
-            queue = connection.SimpleQueue(name)
-            queue.clear()
-            queue.close()
-
-
 def receive(app: Celery, queue_name: str):
     """Take the next message from ``queue_name``, or ``None`` when there is none."""
     with app.connection_for_read() as connection:
@@ -400,10 +379,10 @@ def test_a_configured_celery_app_replaces_the_own_app():
     assert dispatch.celery_app() is app
 
 
-def test_own_app_sends_to_its_broker(shop):
+def test_own_app_sends_to_its_broker(shop, memory_app):
+    # memory_app empties the in-memory queues, which every app here shares.
     eventlib.configure(always_eager=False, broker_url="memory://")
     app = dispatch.celery_app()
-    _purge(app)
 
     event_id = eventlib.log("shop.Refund", {"order_id": 7})
 

@@ -9,7 +9,6 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -88,24 +87,6 @@ def shop(isolation):
     metrics.reset()
     yield importlib.import_module("shop.events")
     metrics.reset()
-
-
-@pytest.fixture
-def memory_app() -> Iterator[Celery]:
-    """A Celery app on kombu's in-memory broker (a process-wide queue,
-    emptied around the test), for sending without running."""
-    app = Celery("proj", broker="memory://", set_as_current=False)
-    _purge(app)
-    yield app
-    _purge(app)
-    app.close()
-
-
-def _purge(app: Celery) -> None:
-    with app.connection_for_write() as connection:
-        queue = connection.SimpleQueue("eventlib")
-        queue.clear()
-        queue.close()
 
 
 def receive_all(app: Celery) -> list:

@@ -117,7 +117,7 @@ def _eventlib_request(request: HttpRequest, options: Options) -> Request:
     :class:`~eventlib.http.RequestError` for a body it should not read."""
     body = _read_body(request, options.max_body)
     content_type = request.META.get("CONTENT_TYPE", "")
-    if content_type.partition(";")[0].strip().lower() in http.FORM_TYPES:
+    if http.media_type(content_type) in http.FORM_TYPES:
         body = _without_csrf_token(body)
     query_string = request.META.get("QUERY_STRING", "")
     return Request(
