@@ -52,6 +52,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.schema import CreateTable
 
 from . import metrics
+from ._sqlite import use_wal
 from .conf import Settings, get_settings, on_change
 from .exceptions import ConfigurationError, DispatchError
 from .serialization import deserialize_event
@@ -335,7 +336,7 @@ def _create_engine(url: str) -> Engine:
     except (ArgumentError, NoSuchModuleError, ImportError) as error:
         raise ConfigurationError(f"dead_letter_url {url!r} cannot be used: {error}") from error
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _use_wal)
+        event.listen(engine, "connect", lambda dbapi, _: use_wal(dbapi, SQLITE_BUSY_TIMEOUT))
     try:
         with engine.begin() as connection:
             connection.execute(CreateTable(TABLE, if_not_exists=True))
@@ -345,15 +346,6 @@ def _create_engine(url: str) -> Engine:
             engine.dispose()
             raise
     return engine
-
-
-def _use_wal(connection: Any, _: Any) -> None:
-    """SQLite: writers do not block readers, and a write survives a crash."""
-    cursor = connection.cursor()
-    try:
-        cursor.execute("pragma journal_mode=wal")
-    finally:
-        cursor.close()
 
 
 def _dispose_engines(_: Settings | None = None) -> None:

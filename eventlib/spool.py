@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._sqlite import use_wal
+
 logger = logging.getLogger("eventlib")
 
 #: How long a flusher may hold a batch before another may take it over.
@@ -78,7 +80,7 @@ class Spool:
             connection = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=True
             )
-            connection.execute("pragma journal_mode=wal")
+            use_wal(connection, self.timeout)
             connection.execute("pragma synchronous=normal")
             connection.execute(_SCHEMA)
             self._local.connection, self._local.pid = connection, os.getpid()

@@ -162,6 +162,13 @@ LOGGER_SOURCE = """
     eventlib.configure(apps=["shop"], broker_timeout=0.5, spool_probe_interval=3600)
     threads, per_thread = int(sys.argv[1]), int(sys.argv[2])
     ids = []
+    failed = []
+
+    def record_failure(args):
+        failed.append(args)
+        threading.__excepthook__(args)  # the traceback goes to stderr
+
+    threading.excepthook = record_failure
 
     def log_some(number):
         for n in range(per_thread):
@@ -172,6 +179,8 @@ LOGGER_SOURCE = """
         worker.start()
     for worker in workers:
         worker.join()
+    if failed:
+        sys.exit(f"{len(failed)} of {threads} threads failed")
     print("\\n".join(ids), flush=True)
     if len(sys.argv) > 3:  # crash before anything could be published
         import os, signal
