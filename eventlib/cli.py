@@ -14,6 +14,7 @@ Exit codes scripts can rely on:
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -87,10 +88,13 @@ def _parse_data(pairs: Sequence[str], as_json: str | None) -> dict[str, Any]:
 def main(apps: str | None, broker_url: str | None, queue: str | None) -> None:
     """Log and process eventlib events from the shell.
 
-    Settings come from EVENTLIB_* environment variables; the options above
+    Settings come from EVENTLIB_* environment variables, or in a Django
+    project (DJANGO_SETTINGS_MODULE set) from its settings; the options above
     override them.  Exit codes: 0 done, 1 a handler failed, 2 bad usage or
     configuration, 3 broker unreachable.
     """
+    with _errors_as_exit_codes():
+        _set_django_up()
     values: dict[str, Any] = {}
     if apps is not None:
         values["apps"] = [app.strip() for app in apps.split(",") if app.strip()]
@@ -100,6 +104,17 @@ def main(apps: str | None, broker_url: str | None, queue: str | None) -> None:
         values["queue"] = queue
     with _errors_as_exit_codes():
         conf.configure(**values)
+
+
+def _set_django_up() -> None:
+    """In a Django project (``DJANGO_SETTINGS_MODULE`` set), set Django up
+    first, as ``manage.py`` does: ``eventlib.contrib.django`` then reads the
+    ``EVENTLIB_*`` Django settings and imports the events modules, which may
+    use the ORM.  The options of ``eventlib`` still override those settings."""
+    if os.environ.get("DJANGO_SETTINGS_MODULE"):
+        import django
+
+        django.setup()
 
 
 @main.command()

@@ -35,6 +35,7 @@ LAUNCH_ARGS = [
     "--no-first-run",
 ]
 TIMEOUT = 10.0  # seconds, for anything the browser or the server should do
+LAUNCH_TIMEOUT = 120.0  # seconds: Chromium starts slowly on a loaded machine
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -229,7 +230,9 @@ def browser() -> Iterator[Any]:
             pytest.fail("playwright is not installed and EVENTLIB_REQUIRE_BROWSER=1")
         pytest.skip("playwright is not installed: pip install 'eventlib[test]'")
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=LAUNCH_ARGS, timeout=LAUNCH_TIMEOUT * 1000
+        )
         try:
             yield launched
         finally:
