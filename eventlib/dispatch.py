@@ -10,6 +10,7 @@ cannot take an event, it goes to the spool (:mod:`eventlib.spool`).
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ from typing import Any
 
 from celery import Celery
 from kombu import Connection
+from kombu.pools import ProducerPool
 from kombu.utils.url import maybe_sanitize_url
 
 from . import metrics
@@ -39,6 +41,17 @@ _interceptors: list[Interceptor] = []
 
 _own_app: Celery | None = None
 _app_lock = threading.Lock()
+
+#: One retry at once, for a pooled connection the broker closed meanwhile;
+#: a broker that is down is the spool's business.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0,
+    "interval_max": 0,
+}
+
+_user_producers: dict[tuple[int, int], ProducerPool] = {}
 
 _circuit = Circuit()
 _flusher = Flusher()
@@ -175,7 +188,54 @@ def _send(name: str, event_id: str, payload: str, settings: Settings) -> None:
 
 
 def _publish(app: Celery, queue: str, name: str, event_id: str, payload: str) -> None:
-    app.tasks[TASK_NAME].apply_async(args=(name, payload), task_id=event_id, queue=queue)
+    with _producers(app).acquire(block=True) as producer:
+        app.tasks[TASK_NAME].apply_async(
+            args=(name, payload),
+            task_id=event_id,
+            queue=queue,
+            producer=producer,
+            retry=True,
+            retry_policy=PUBLISH_RETRY_POLICY,
+        )
+
+
+def _producers(app: Celery) -> ProducerPool:
+    """The producers events are published with.
+
+    eventlib's own app already has bounded connections.  A user's app keeps
+    its own for its own tasks, and eventlib publishes through a pool of
+    connections to the same broker with eventlib's timeouts and publisher
+    confirms (:func:`publish_transport_options`), so that ``log()`` cannot
+    hang on Celery's defaults either.  One pool per app and process.
+    """
+    if app is _own_app:
+        return app.producer_pool  # type: ignore[no-any-return]
+    key = (os.getpid(), id(app))
+    pool = _user_producers.get(key)
+    if pool is None:
+        with _app_lock:
+            pool = _user_producers.get(key)
+            if pool is None:
+                settings = get_settings()
+                connection = app.connection_for_write(
+                    connect_timeout=settings.broker_timeout,
+                    transport_options=publish_transport_options(app, settings),
+                )
+                limit = app.conf.broker_pool_limit
+                pool = _user_producers[key] = ProducerPool(connection.Pool(limit), limit=limit)
+    return pool
+
+
+def publish_transport_options(app: Celery, settings: Settings) -> dict[str, Any]:
+    """The transport options eventlib publishes with on a user's ``app``:
+    the app's own, then eventlib's timeouts and confirms for its broker, then
+    eventlib's ``broker_transport_options`` setting."""
+    url = app.conf.broker_write_url or app.conf.broker_url or "amqp://"
+    return {
+        **app.conf.broker_transport_options,
+        **transport_options(url, settings.broker_timeout),
+        **settings.broker_transport_options,
+    }
 
 
 def _spool(
@@ -313,12 +373,7 @@ def _create_app(settings: Settings) -> Celery:
             **transport_options(broker_url, timeout),
             **settings.broker_transport_options,
         },
-        task_publish_retry_policy={
-            "max_retries": 1,
-            "interval_start": 0,
-            "interval_step": 0,
-            "interval_max": 0,
-        },
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
     )
     return app
 
@@ -344,6 +399,11 @@ def _drop_own_app(_: Settings) -> None:
     global _own_app
     with _app_lock:
         old, _own_app = _own_app, None
+        pools = [pool for (pid, _), pool in _user_producers.items() if pid == os.getpid()]
+        _user_producers.clear()
+    for pool in pools:
+        pool.connections.force_close_all()
+        pool.force_close_all()
     _flusher.stop()
     _circuit.close()
     _spools.clear()
