@@ -31,6 +31,11 @@ from sybil.parsers.markdown import PythonCodeBlockParser
 from eventlib import conf, discovery, dispatch, processing, serialization
 from eventlib.registry import HANDLER_REGISTRY
 
+# The tests use sure's expect() only.  Importing sure would otherwise add
+# .should, .must, .when and others to every object and replace builtins.dir
+# for the whole test run.
+os.environ.setdefault("SURE_DISABLE_NEW_SYNTAX", "1")
+
 IGNORE_MARKER = "# steadymark: ignore"
 OWN_FILES = {
     "EVENTLIB_SPOOL_PATH": "{root}/eventlib-spool.sqlite",
@@ -147,9 +152,11 @@ def _teardown(namespace: dict[str, Any]) -> None:
     namespace["_isolation"].close()
 
 
-pytest_collect_file = Sybil(
+#: What runs the documents; tests/test_spec_parser.py runs it on one of its own.
+DOCUMENTS = Sybil(
     parsers=[SpecParser()],
     patterns=["README.md", "spec.md", "docs/*.md"],
     setup=_setup,
     teardown=_teardown,
-).pytest()
+)
+pytest_collect_file = DOCUMENTS.pytest()

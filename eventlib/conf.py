@@ -8,6 +8,7 @@ the default.  The environment is read once, the first time a setting is used;
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -57,7 +58,9 @@ class Settings:
     #: SQLAlchemy URL of the database that keeps dead letters.
     dead_letter_url: str = "sqlite:///eventlib-dead-letters.sqlite"
     #: A Celery app of the user's; when ``None`` eventlib creates its own.
-    #: Code only: there is no environment variable for it.
+    #: ``configure()`` and ``EVENTLIB_CELERY_APP`` also take its import path,
+    #: ``"proj.celery.app"`` or ``"proj.celery:app"`` (see
+    #: :func:`import_celery_app`).
     celery_app: Any = field(default=None, compare=False)
 
     @property
@@ -113,6 +116,48 @@ def _parse_seconds(name: str, text: str) -> float:
     return seconds
 
 
+def import_celery_app(path: str, setting: str) -> Any:
+    """Import and return the Celery app at ``path``: ``"proj.celery.app"``
+    (the attribute is what follows the last dot) or ``"proj.celery:app"``
+    (the attribute, which may be dotted, is what follows the colon).
+
+    Raises :class:`ConfigurationError`, whose message starts with ``setting``
+    (where the path came from, such as ``EVENTLIB_CELERY_APP='proj.celery.app'``),
+    when ``path`` is not of either form, when the module or the attribute
+    cannot be imported (``... does not import: No module named 'proj'``) or
+    when the object found is not a ``celery.Celery``.  Any other error the
+    module raises while it is imported propagates unchanged, so that a broken
+    module is reported as itself.
+    """
+    from celery import Celery
+
+    if ":" in path:
+        module_name, _, attribute = path.partition(":")
+    else:
+        module_name, _, attribute = path.rpartition(".")
+    if not module_name or not attribute:
+        raise ConfigurationError(
+            f"{setting} is not the import path of a Celery app: "
+            "use 'package.module.app' or 'package.module:app'"
+        )
+    try:
+        found: Any = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigurationError(f"{setting} does not import: {error}") from error
+    for part in attribute.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError as error:
+            raise ConfigurationError(f"{setting} does not import: {error}") from error
+    if not isinstance(found, Celery):
+        raise ConfigurationError(f"{setting} is not a Celery app but {found!r}")
+    return found
+
+
+def _parse_celery_app(name: str, text: str) -> Any:
+    return import_celery_app(text.strip(), f"{ENV_PREFIX}{name.upper()}={text!r}")
+
+
 _FROM_ENV: dict[str, Callable[[str, str], Any]] = {
     "always_eager": _parse_bool,
     "raise_errors": _parse_optional_bool,
@@ -125,6 +170,7 @@ _FROM_ENV: dict[str, Callable[[str, str], Any]] = {
     "spool_path": _parse_text,
     "spool_probe_interval": _parse_seconds,
     "dead_letter_url": _parse_text,
+    "celery_app": _parse_celery_app,
 }
 
 _NAMES = frozenset(f.name for f in fields(Settings))
@@ -157,14 +203,17 @@ def _check(name: str, value: Any) -> Any:
         value = float(value)
     if name in ("spool_path", "dead_letter_url") and (not isinstance(value, str) or not value):
         raise ConfigurationError(f"{name} must be a non-empty string, not {value!r}")
+    if name == "celery_app" and isinstance(value, str):
+        value = import_celery_app(value, f"celery_app={value!r}")
     return value
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Build settings from the defaults and ``EVENTLIB_<NAME>`` variables.
 
-    Raises :class:`ConfigurationError` naming the variable when one does not
-    parse.
+    ``EVENTLIB_CELERY_APP``, the import path of a Celery app, is imported
+    here (:func:`import_celery_app`).  Raises :class:`ConfigurationError`
+    naming the variable when one does not parse or, for that one, import.
     """
     environ = os.environ if environ is None else environ
     values = {}
@@ -229,7 +278,8 @@ def configure(**values: Any) -> Settings:
     Accepts ``always_eager``, ``raise_errors``, ``apps``, ``broker_url``,
     ``queue``, ``broker_timeout``, ``broker_transport_options``,
     ``on_commit``, ``spool_path``, ``spool_probe_interval``,
-    ``dead_letter_url`` and ``celery_app``.  Settings not named keep the value they had
+    ``dead_letter_url`` and ``celery_app`` (a Celery app or its import path,
+    ``"proj.celery.app"``).  Settings not named keep the value they had
     (from an earlier call, the environment or the default); the environment is
     read again.  An unknown name or a value of the wrong type raises
     :class:`~eventlib.ConfigurationError` and changes nothing.

@@ -94,8 +94,22 @@ def log_counters() -> None:
 @worker_init.connect
 def _discover_at_worker_start(**_: Any) -> None:
     """Import every configured app's events module before the worker takes
-    its first event, so that import errors show at start."""
-    autodiscover()
+    its first event, so that function handlers are registered and an events
+    module that fails to import stops the worker at start.
+
+    Celery logs and swallows an ``Exception`` raised by a signal receiver,
+    which would let the worker start without those handlers: the error is
+    logged here at CRITICAL level on the ``eventlib`` logger, with its
+    traceback, and raised again as :class:`SystemExit`, naming it.
+    """
+    try:
+        autodiscover()
+    except Exception as error:
+        logger.critical(
+            "The worker cannot start: importing the events modules of its apps failed",
+            exc_info=True,
+        )
+        raise SystemExit(f"eventlib: the worker cannot start: {error!r}") from error
 
 
 @worker_process_shutdown.connect

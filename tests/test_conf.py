@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import pytest
+from sure import expect
 
 import eventlib
-from eventlib import ConfigurationError, conf
+from eventlib import ConfigurationError, conf, dispatch
 from eventlib.conf import Settings, get_settings, settings_from_env
 
 
@@ -283,7 +285,6 @@ def test_settings_from_an_explicit_mapping():
             "EVENTLIB_APPS": "shop,billing",
             "EVENTLIB_BROKER_URL": "memory://",
             "EVENTLIB_QUEUE": "events",
-            "EVENTLIB_CELERY_APP": "ignored",
             "OTHER": "ignored",
         }
     )
@@ -362,3 +363,97 @@ def test_transport_options_must_be_a_json_object(monkeypatch, text):
 
 def test_an_integer_broker_timeout_becomes_seconds_as_a_float():
     assert eventlib.configure(broker_timeout=3).broker_timeout == 3.0
+
+
+# ----------------------------------------------------------- celery_app ---
+
+PROJ_CELERY = """
+    from celery import Celery
+
+    app = Celery('proj', set_as_current=False)
+    BROKER = 'redis://localhost:6379/0'
+"""
+
+
+@pytest.fixture
+def proj(isolation):
+    """A project whose Celery app is ``proj.celery.app``."""
+    isolation.write("proj/celery.py", PROJ_CELERY)
+
+
+def proj_app():
+    return importlib.import_module("proj.celery").app
+
+
+@pytest.mark.parametrize("path", ["proj.celery.app", "proj.celery:app", " proj.celery.app "])
+def test_celery_app_from_environment_is_imported_from_its_path(proj, monkeypatch, path):
+    settings = reread(monkeypatch, celery_app=path)
+
+    expect(settings.celery_app).to.be(proj_app())
+    expect(dispatch.celery_app()).to.be(proj_app())
+
+
+def test_celery_app_from_an_explicit_mapping(proj):
+    settings = settings_from_env({"EVENTLIB_CELERY_APP": "proj.celery:app"})
+
+    expect(settings.celery_app).to.be(proj_app())
+
+
+def test_configure_wins_over_the_celery_app_of_the_environment(proj, monkeypatch):
+    reread(monkeypatch, celery_app="proj.celery.app")
+    mine = object()
+
+    expect(eventlib.configure(celery_app=mine).celery_app).to.be(mine)
+    expect(eventlib.configure(celery_app=None).celery_app).to.be(None)
+
+
+USE_A_PATH = (
+    "is not the import path of a Celery app: use 'package.module.app' or 'package.module:app'"
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("nowhere.celery.app", "does not import: No module named 'nowhere'"),
+        ("proj.celery.missing", "does not import: module 'proj.celery' has no attribute 'missing'"),
+        ("proj.celery:app.missing", "does not import: 'Celery' object has no attribute 'missing'"),
+        ("proj.celery.BROKER", "is not a Celery app but 'redis://localhost:6379/0'"),
+        ("proj.celery.Celery", "is not a Celery app but <class 'celery.app.base.Celery'>"),
+        ("app", USE_A_PATH),
+        ("proj.celery:", USE_A_PATH),
+    ],
+)
+def test_unusable_celery_app_variable_is_refused_by_name(proj, monkeypatch, path, message):
+    monkeypatch.setenv("EVENTLIB_CELERY_APP", path)
+
+    with pytest.raises(ConfigurationError) as error:
+        conf.reset()
+
+    expect(str(error.value)).to.equal(f"EVENTLIB_CELERY_APP={path!r} {message}")
+
+
+def test_a_celery_app_module_that_fails_to_import_raises_its_own_error(isolation, monkeypatch):
+    isolation.write("proj/celery.py", "raise RuntimeError('broken')\n")
+    monkeypatch.setenv("EVENTLIB_CELERY_APP", "proj.celery.app")
+
+    with pytest.raises(RuntimeError, match=r"^broken$"):
+        conf.reset()
+
+
+def test_configure_takes_the_import_path_of_a_celery_app_too(proj):
+    expect(eventlib.configure(celery_app="proj.celery:app").celery_app).to.be(proj_app())
+
+
+def test_configure_refuses_a_celery_app_path_that_does_not_import(proj):
+    eventlib.configure(queue="events")
+
+    with pytest.raises(ConfigurationError) as error:
+        eventlib.configure(queue="other", celery_app="proj.celery.missing")
+
+    expect(str(error.value)).to.equal(
+        "celery_app='proj.celery.missing' does not import: "
+        "module 'proj.celery' has no attribute 'missing'"
+    )
+    expect(get_settings().queue).to.equal("events")
+    expect(get_settings().celery_app).to.be(None)

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 from celery import Celery
+from sure import expect
 
 import eventlib
 from eventlib import dispatch
@@ -33,6 +34,25 @@ SHOP_EVENTS = """
         def clean(self):
             # Normalises the email and drops every other key.
             return {'email': self.data['email'].strip().lower()}
+
+        @handler
+        def record(self):
+            RECEIVED.append(self)
+
+
+    class User:  # something JSON cannot carry
+        def __init__(self, id):
+            self.id = id
+
+
+    class Visit(BaseEvent):
+        def clean(self):
+            # Replaces the user by its id.  It runs again in the worker, on
+            # data that holds user_id and no user.
+            data = dict(self.data)
+            if 'user' in data:
+                data['user_id'] = data.pop('user').id
+            return data
 
         @handler
         def record(self):
@@ -249,6 +269,48 @@ def test_clean_can_replace_the_data(shop):
     assert event.data == {"email": "ann@example.com"}
 
 
+# clean() runs before serialization: invalid data is a ValidationError even
+# when it also holds a value JSON cannot carry, and clean() may replace such a
+# value by one it can.
+
+
+def test_invalid_data_is_refused_before_its_unserializable_value_is_seen(shop):
+    eventlib.configure(always_eager=True)
+
+    with pytest.raises(eventlib.ValidationError) as error:
+        eventlib.log("shop.Refund", {"amount": 3, "user": object()})
+
+    expect(str(error.value)).to.equal("The following keys are missing: order_id")
+    expect(received()).to.equal([])
+
+
+def test_invalid_unserializable_data_is_logged_and_not_sent_when_raise_errors_is_off(
+    shop, memory_app, caplog
+):
+    eventlib.configure(always_eager=False, raise_errors=False, celery_app=memory_app)
+
+    result = eventlib.log("shop.Refund", {"amount": 3, "user": object()})
+
+    expect(result).to.be(None)
+    [record] = eventlib_errors(caplog)
+    expect(record.getMessage()).to.equal(
+        "Event shop.Refund was not logged, its data is invalid: "
+        "The following keys are missing: order_id (data keys: amount, user)"
+    )
+    expect(receive(memory_app, "eventlib")).to.be(None)
+
+
+def test_clean_can_replace_a_value_json_cannot_carry(shop):
+    eventlib.configure(always_eager=True)
+    user = importlib.import_module("shop.events").User(5)
+
+    event_id = eventlib.log("shop.Visit", {"user": user, "page": "/cart"})
+
+    [event] = received()
+    expect(event.id).to.equal(event_id)
+    expect(event.data).to.equal({"page": "/cart", "user_id": 5})
+
+
 def test_data_refused_by_the_worker_side_clean_runs_no_handler(shop, caplog):
     eventlib.configure(always_eager=True)
 
@@ -338,6 +400,58 @@ def test_nothing_is_sent_when_the_data_is_refused(shop, memory_app, caplog):
         "Event shop.Refund was not logged, its data is invalid: "
         "The following keys are missing: order_id (data keys: amount)"
     )
+
+
+def test_task_goes_as_json_even_when_the_users_app_prefers_pickle(shop, memory_app):
+    memory_app.conf.update(
+        task_serializer="pickle", accept_content=["pickle", "json"], event_serializer="pickle"
+    )
+    eventlib.configure(always_eager=False, celery_app=memory_app)
+
+    event_id = eventlib.log("shop.Refund", {"order_id": 7})
+
+    message = receive(memory_app, "eventlib")
+    expect(message.headers["id"]).to.equal(event_id)
+    expect(message.content_type).to.equal("application/json")
+    expect(message.content_encoding).to.equal("utf-8")
+    args, _, _ = message.decode()
+    expect(args[0]).to.equal("shop.Refund")
+
+
+# --------------------------------------------------------------- on_commit ---
+
+
+@pytest.mark.parametrize("from_the_setting", [False, True], ids=["argument", "setting"])
+def test_on_commit_without_a_transaction_hook_is_a_configuration_error(
+    shop, memory_app, from_the_setting
+):
+    dispatch.set_transaction_hook(None)  # the isolation fixture puts back any hook
+    eventlib.configure(always_eager=False, celery_app=memory_app, on_commit=from_the_setting)
+
+    with pytest.raises(eventlib.ConfigurationError) as error:
+        if from_the_setting:
+            eventlib.log("shop.Refund", {"order_id": 7})
+        else:
+            eventlib.log("shop.Refund", {"order_id": 7}, on_commit=True)
+
+    expect(str(error.value)).to.equal(
+        "eventlib.log('shop.Refund', on_commit=True) needs a transaction hook: add "
+        "'eventlib.contrib.django' to INSTALLED_APPS (or call set_transaction_hook)"
+    )
+    expect(receive(memory_app, "eventlib")).to.be(None)
+
+
+def test_on_commit_sends_only_when_the_hook_calls_back(shop, memory_app):
+    after_commit = []
+    dispatch.set_transaction_hook(after_commit.append)
+    eventlib.configure(always_eager=False, celery_app=memory_app)
+
+    event_id = eventlib.log("shop.Refund", {"order_id": 7}, on_commit=True)
+
+    expect(receive(memory_app, "eventlib")).to.be(None)
+    [send] = after_commit
+    send()
+    expect(receive(memory_app, "eventlib").headers["id"]).to.equal(event_id)
 
 
 # ------------------------------------------------------ eventlib's own app ---

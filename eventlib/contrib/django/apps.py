@@ -12,9 +12,8 @@ from django.apps import apps as django_apps
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
-from django.utils.module_loading import import_string
 
-from eventlib.conf import ENV_PREFIX, Settings, configure
+from eventlib.conf import ENV_PREFIX, Settings, configure, import_celery_app
 from eventlib.discovery import autodiscover
 from eventlib.dispatch import set_transaction_hook
 from eventlib.exceptions import ConfigurationError
@@ -62,11 +61,13 @@ def configure_from_settings(settings: Any = None) -> Settings:
 
     ``EVENTLIB_APPS`` defaults to the name of every installed app, which needs
     Django's app registry.  ``EVENTLIB_CELERY_APP`` may be a Celery app or the
-    dotted path of one (``"proj.celery.app"``), imported here.  eventlib
+    import path of one (``"proj.celery.app"`` or ``"proj.celery:app"``),
+    imported here (:func:`eventlib.conf.import_celery_app`).  eventlib
     settings with no ``EVENTLIB_*`` setting keep their value.
 
     Raises ``ImproperlyConfigured`` for an ``EVENTLIB_*`` name eventlib does
-    not know, a value it refuses or a Celery app path that does not import;
+    not know, a value it refuses or a Celery app path that does not import
+    or names something else than a Celery app;
     eventlib's settings are then unchanged.
     """
     settings = django_settings if settings is None else settings
@@ -90,8 +91,6 @@ def configure_from_settings(settings: Any = None) -> Settings:
 
 def _import_celery_app(path: str) -> Any:
     try:
-        return import_string(path)
-    except ImportError as error:
-        raise ImproperlyConfigured(
-            f"EVENTLIB_CELERY_APP = {path!r} does not import: {error}"
-        ) from error
+        return import_celery_app(path, f"{ENV_PREFIX}CELERY_APP = {path!r}")
+    except ConfigurationError as error:
+        raise ImproperlyConfigured(str(error)) from error
