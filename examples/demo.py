@@ -5,6 +5,13 @@ Run it with ``make demo``.  The broker is eventlib's default, embedded one
 (no server needed) unless ``EVENTLIB_BROKER_URL`` names another, for example
 ``redis://127.0.0.1:6379/0`` or ``amqp://guest:guest@127.0.0.1:5672//``.
 
+The events go to a queue of the run's own, ``eventlib-demo-<random hex>``,
+so that no other consumer of the broker (a worker on eventlib's default
+queue, another demo) can take them and make them look lost; the demo deletes
+that queue, with anything left in it, when it ends.  With ``EVENTLIB_QUEUE``
+set, it uses that queue instead and leaves it in place.  The first lines it
+prints name the broker and the queue.
+
 It starts a worker, logs a few hundred events, shows progress while the
 worker processes them, then prints a report.  It exits with status 1 when an
 event was lost (not completely processed before the deadline).
@@ -21,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -50,6 +58,23 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
+
+
+def delete_queue(name: str) -> None:
+    """Delete the queue ``name`` from the broker, with the messages left in
+    it (on the embedded broker, which keeps a queue's name, empty it).
+    Prints a warning instead of raising when the broker cannot do it."""
+    app = celery_app()
+    try:
+        with app.connection_for_write() as connection:
+            # The queue as the worker declared it; declared again first,
+            # because kombu's Redis transport deletes only the queues its
+            # channel knows.
+            queue = app.amqp.queues[name].bind(connection.default_channel)
+            queue.declare()
+            queue.delete()
+    except Exception as error:  # the demo's report stands without it
+        print(f"demo: could not delete the queue {name}: {error}", file=sys.stderr)
 
 
 def wait_until_ready(worker: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
@@ -105,6 +130,10 @@ def main() -> int:
     os.environ.setdefault("EVENTLIB_DEAD_LETTER_URL", f"sqlite:///{workdir}/dead-letters.sqlite")
     os.environ.setdefault("EVENTLIB_SPOOL_PATH", str(workdir / "spool.sqlite"))
     os.environ.setdefault("EVENTLIB_APPS", "shop")
+    own_queue = not os.environ.get("EVENTLIB_QUEUE")
+    if own_queue:
+        os.environ["EVENTLIB_QUEUE"] = f"eventlib-demo-{uuid.uuid4().hex[:12]}"
+    queue = os.environ["EVENTLIB_QUEUE"]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
@@ -113,7 +142,10 @@ def main() -> int:
     from shop.events import create_tables
 
     create_tables()
-    print(f"eventlib demo: broker {broker_name(celery_app())}, work files in {workdir}")
+    whose = "the run's own, deleted at the end" if own_queue else "from EVENTLIB_QUEUE"
+    print(f"eventlib demo: broker {broker_name(celery_app())}")
+    print(f"  queue {queue} ({whose})")
+    print(f"  work files in {workdir}")
     worker_log = workdir / "worker.log"
     worker = start_worker(worker_log, env)
     try:
@@ -144,7 +176,11 @@ def main() -> int:
         elapsed = time.monotonic() - started
         print()
     finally:
-        stop_worker(worker)
+        try:
+            stop_worker(worker)
+        finally:
+            if own_queue:
+                delete_queue(queue)
 
     runs = handler_runs(database, logged)
     failures = Counter(FAILURE.findall(worker_log.read_text()))

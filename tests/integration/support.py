@@ -49,6 +49,33 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.05)
 
 
+def queue_exists(url: str, name: str) -> bool:
+    """Whether the Redis or RabbitMQ broker at ``url`` still has the queue
+    ``name``: on RabbitMQ the queue itself; on Redis any key naming it (the
+    list of its messages, or the binding kombu keeps for it in
+    ``_kombu.binding.<exchange>``, which outlives an empty queue)."""
+    scheme = url_to_parts(url).scheme.split("+")[0]
+    if scheme in ("redis", "rediss"):
+        import redis
+
+        client = redis.Redis.from_url(url)
+        try:
+            return any(True for _ in client.scan_iter(match=f"*{name}*"))
+        finally:
+            client.close()
+    if scheme in ("amqp", "pyamqp", "amqps"):
+        from amqp.exceptions import NotFound
+        from kombu import Connection
+
+        with Connection(url) as connection:
+            try:
+                connection.channel().queue_declare(name, passive=True)
+            except NotFound:
+                return False
+            return True
+    raise ValueError(f"queue_exists() knows Redis and RabbitMQ, not {url}")
+
+
 def _reachable(url: str) -> bool:
     parts = url_to_parts(url)
     port = parts.port or DEFAULT_PORTS.get(parts.scheme.split("+")[0], 0)
@@ -232,6 +259,15 @@ class Worker:
         """SIGKILL the worker and its pool processes, as a crash would."""
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
+
+    def kill_pool_process(self, pid: int) -> None:
+        """SIGKILL the worker's pool process ``pid`` alone, as the OOM killer
+        would; the worker's main process stays.  Fails the test when ``pid``
+        is not a child of the main process."""
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        if parent != self.process.pid:
+            pytest.fail(f"process {pid} is not a pool process of worker {self.process.pid}")
+        os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
         if self.process.poll() is None:

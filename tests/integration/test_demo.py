@@ -1,4 +1,5 @@
-"""The README's first command: the demo, on the embedded broker."""
+"""The README's first command: the demo, on the embedded broker (as ``make
+demo`` runs it) and on Redis and RabbitMQ (``EVENTLIB_BROKER_URL`` set)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,57 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from kombu.utils.url import maybe_sanitize_url
+
+from .support import broker_url, queue_exists
+
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.py"
+OWN_QUEUE = re.compile(
+    r"^  queue (eventlib-demo-[0-9a-f]{12}) \(the run's own, deleted at the end\)$", re.M
+)
 
 
-def test_the_demo_processes_every_event_on_the_embedded_broker(tmp_path):
+def run_demo(tmp_path: Path, events: int, **settings: str) -> str:
+    """Run the demo in ``tmp_path`` with ``settings`` and none of the
+    machine's ``EVENTLIB_*`` variables; return its output once it exited 0."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("EVENTLIB_")}
-
+    env.update(settings)
+    env["TMPDIR"] = str(tmp_path)  # the demo's work files
     result = subprocess.run(
-        [sys.executable, str(DEMO), "--events", "120"],
+        [sys.executable, str(DEMO), "--events", str(events)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
-
     assert result.returncode == 0, result.stdout + result.stderr
-    report = result.stdout
-    assert f"broker eventlib+sqlite:///{tmp_path.resolve()}/eventlib-broker.sqlite" in report
+    assert "demo: could not delete" not in result.stderr, result.stderr
+    return result.stdout
+
+
+def worker_log(report: str) -> str:
+    return Path(re.search(r"worker log\s+(\S+)\n", report)[1]).read_text()
+
+
+@pytest.mark.parametrize("kind", ["amqp", "embedded", "redis"])
+def test_the_demo_processes_every_event_in_a_queue_of_its_own(tmp_path, kind):
+    if kind == "embedded":
+        settings = {}
+        broker = f"eventlib+sqlite:///{tmp_path.resolve()}/eventlib-broker.sqlite"
+    else:
+        url = broker_url(kind)
+        settings = {"EVENTLIB_BROKER_URL": url}
+        broker = maybe_sanitize_url(url)
+
+    report = run_demo(tmp_path, 120, **settings)
+
+    assert report.startswith(f"eventlib demo: broker {broker}\n"), report
+    # Not eventlib's default queue, which other consumers of the broker may
+    # share: a queue of the run's own, which its worker consumed.
+    queue = OWN_QUEUE.search(report)[1]
+    assert re.search(rf"^\s*\.> {queue}\s+exchange={queue}\(direct\)", worker_log(report), re.M)
     assert re.search(r"events logged\s+120 ", report)
     assert re.search(r"events processed\s+120\n", report)
     assert re.search(r"events lost\s+0\n", report)
@@ -35,3 +69,16 @@ def test_the_demo_processes_every_event_on_the_embedded_broker(tmp_path):
     assert re.search(r"ok\s+count_view\s+80\n", report)
     assert re.search(r"ok\s+audit\s+120\n", report)
     assert re.search(r"failed\s+shop\.events\.OrderPlaced\.email_receipt\s+40\n", report)
+    if kind != "embedded":
+        assert not queue_exists(settings["EVENTLIB_BROKER_URL"], queue), f"{queue} is left"
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_the_demo_uses_and_keeps_the_queue_eventlib_queue_names(tmp_path, broker, queue):
+    report = run_demo(tmp_path, 12, EVENTLIB_BROKER_URL=broker, EVENTLIB_QUEUE=queue)
+
+    assert f"\n  queue {queue} (from EVENTLIB_QUEUE)\n" in report, report
+    assert re.search(rf"^\s*\.> {queue}\s+exchange={queue}\(direct\)", worker_log(report), re.M)
+    assert re.search(r"events processed\s+12\n", report)
+    assert re.search(r"events lost\s+0\n", report)
+    assert queue_exists(broker, queue)  # the queue fixture deletes it

@@ -84,3 +84,46 @@ def test_an_event_being_processed_by_a_killed_worker_runs_again(project, broker)
 
     wait_for(lambda: project.records.count("finished") == 1, 90, "the event to run again")
     assert project.records.runs_per_event("started") == {event_id: 2}
+
+
+# On every broker, the embedded one included: the worker's main process, not
+# the broker, gives the message back.
+@pytest.mark.parametrize("broker", ["amqp", "embedded", "redis"], indirect=True)
+def test_an_event_whose_pool_process_is_killed_runs_again_in_the_same_worker(project, broker):
+    """The main process stays alive, so its broker connection stays open and
+    nothing times out: the message comes back only because the task has
+    ``reject_on_worker_lost`` (with ``acks_late`` alone Celery acknowledges
+    the message of a lost pool process, and the event is lost)."""
+    if broker.startswith("redis"):
+        # An hour (Redis's default, explicit here): an unacknowledged message
+        # must not come back through the visibility timeout during the test.
+        project.settings["EVENTLIB_BROKER_TRANSPORT_OPTIONS"] = json.dumps(
+            {"visibility_timeout": 3600}
+        )
+    worker = project.start_worker()
+    project.configure_here()
+
+    event_id = eventlib.log("shop.Slow", {})
+    [(first_pid, first_ppid)] = wait_for(
+        lambda: project.records.query("select pid, ppid from runs where handler = 'started'"),
+        60,
+        "the handler to start",
+    )
+    assert first_ppid == worker.process.pid  # it runs in a pool process
+    worker.kill_pool_process(first_pid)
+
+    wait_for(lambda: project.records.count("finished") == 1, 60, "the event to run again")
+    wait_for(
+        lambda: f"pid:{first_pid} exited with 'signal 9 (SIGKILL)'" in worker.log,
+        60,
+        f"the worker to log the lost pool process; its log:\n{worker.log}",
+    )
+    assert worker.process.poll() is None, "the worker's main process died"
+    started = project.records.query(
+        "select event_id, pid, ppid from runs where handler = 'started' order by at"
+    )
+    # Run again by a new pool process of the same worker, to completion.
+    assert [(event, ppid) for event, _, ppid in started] == [(event_id, worker.process.pid)] * 2
+    assert started[1][1] != first_pid
+    [(finished_pid,)] = project.records.query("select pid from runs where handler = 'finished'")
+    assert finished_pid == started[1][1]
