@@ -4,11 +4,13 @@ worker, manage dead letters and the spool.
 Exit codes scripts can rely on:
 
 - ``0``: done;
-- ``1``: the command ran but something failed (a handler, with ``process``);
+- ``1``: the command ran but something failed (a handler, with ``process``;
+  with ``spool flush``, spooled events another flusher holds);
 - ``2``: bad usage or configuration (unknown option, no apps configured,
   unknown or invalid event, unknown broker scheme); one line on stderr;
-- ``3``: the broker could not be reached (for ``log``: nor the spool
-  written).
+- ``3``: the broker could not be reached (for ``log``: the event is kept in
+  the spool and its id printed all the same, or, when the spool cannot be
+  written either, nothing was sent).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -90,8 +94,9 @@ def main(apps: str | None, broker_url: str | None, queue: str | None) -> None:
 
     Settings come from EVENTLIB_* environment variables, or in a Django
     project (DJANGO_SETTINGS_MODULE set) from its settings; the options above
-    override them.  Exit codes: 0 done, 1 a handler failed, 2 bad usage or
-    configuration, 3 broker unreachable.
+    override them.  Exit codes: 0 done, 1 something failed (a handler, or
+    spooled events another flusher holds), 2 bad usage or configuration, 3
+    broker unreachable (log: the event is kept in the spool).
     """
     with _errors_as_exit_codes():
         _set_django_up()
@@ -149,14 +154,25 @@ def log_command(name: str, pairs: tuple[str, ...], as_json: str | None) -> None:
     """Log the event NAME and print its id.
 
     Values given as KEY=VALUE are strings; use --json for numbers, lists and
-    nested objects.
+    nested objects.  When the broker cannot take the event, it is kept in the
+    spool: the id is printed all the same, one line on stderr says so, and
+    the command exits 3; `eventlib spool flush` sends it later.
     """
-    from .dispatch import log
+    from . import metrics
+    from .dispatch import broker_name, celery_app, log
 
     data = _parse_data(pairs, as_json)
     with _errors_as_exit_codes():
         conf.configure(raise_errors=True)
+        spooled_before = metrics.snapshot()["spooled"]
         click.echo(log(name, data))
+        if metrics.snapshot()["spooled"] > spooled_before:
+            spool_path = Path(conf.get_settings().spool_path).resolve()
+            _fail(
+                f"the broker {broker_name(celery_app())} is unreachable: the event is kept "
+                f"in the spool {spool_path}; `eventlib spool flush` will send it",
+                EXIT_BROKER,
+            )
 
 
 @main.command()
@@ -427,25 +443,58 @@ def spool() -> None:
 @spool.command(name="status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def spool_status_command(as_json: bool) -> None:
-    """How many events wait in the spool, and the oldest one's age."""
+    """How many events wait in the spool, the oldest one's age, and until
+    when a flusher holds them, if one does.
+
+    JSON: {"count": ..., "oldest_age": seconds or null, "held_until": Unix
+    time or null}.
+    """
     from .dispatch import spool_status
 
     with _errors_as_exit_codes():
         status = spool_status()
     if as_json:
-        click.echo(json.dumps({"count": status.count, "oldest_age": status.oldest_age}))
+        click.echo(
+            json.dumps(
+                {
+                    "count": status.count,
+                    "oldest_age": status.oldest_age,
+                    "held_until": status.held_until,
+                }
+            )
+        )
     elif status.oldest_age is None:
         click.echo("the spool is empty")
     else:
-        click.echo(f"{status.count} events, the oldest spooled {status.oldest_age:.0f} s ago")
+        line = f"{status.count} events, the oldest spooled {status.oldest_age:.0f} s ago"
+        if status.held_until is not None:
+            line += f"; a flusher holds them until {_local_time(status.held_until)}"
+        click.echo(line)
 
 
 @spool.command(name="flush")
 def spool_flush() -> None:
-    """Publish the spooled events now, oldest first; exit 3 (the events stay
-    spooled) when the broker still cannot take them."""
-    from .dispatch import flush_spool
+    """Publish the spooled events now, oldest first, and print how many.
+
+    Exits 3 (the events stay spooled) when the broker still cannot take
+    them, and 1 when events remain that another flusher holds (a process
+    publishing them, or one that crashed while it did): one line on stderr
+    says how many and until when; run the command again after that time.
+    """
+    from .dispatch import flush_spool, spool_status
 
     with _errors_as_exit_codes():
         published = flush_spool()
+        status = spool_status()
     click.echo(f"published {published} spooled events")
+    if status.count and status.held_until is not None:
+        _fail(
+            f"{status.count} spooled events remain: another flusher holds them until "
+            f"{_local_time(status.held_until)}",
+            EXIT_FAILED,
+        )
+
+
+def _local_time(timestamp: float) -> str:
+    """``timestamp`` as local time with its UTC offset: 2025-03-01 14:02:07 +0100."""
+    return datetime.fromtimestamp(timestamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")

@@ -182,7 +182,11 @@ def _send(name: str, event_id: str, payload: str, settings: Settings) -> None:
             broker_name(app),
             error,
             _spool_file(settings).path,
-            extra={"eventlib_event": name, "eventlib_event_id": event_id},
+            extra={
+                "eventlib_event": name,
+                "eventlib_event_id": event_id,
+                "eventlib_handler": None,
+            },
         )
         _spool(app, settings, name, event_id, payload, error)
 

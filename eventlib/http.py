@@ -202,7 +202,12 @@ def _log(request: Request, options: Options, cors: tuple[tuple[str, str], ...]) 
     except (ValidationError, SerializationError) as error:
         raise RequestError(HTTPStatus.BAD_REQUEST, str(error)) from None
     except DispatchError:
-        logger.exception("The HTTP endpoint could not send the event %s", name)
+        # The event's id stays inside log_event(): the error message names it.
+        logger.exception(
+            "The HTTP endpoint could not send the event %s",
+            name,
+            extra={"eventlib_event": name, "eventlib_event_id": None, "eventlib_handler": None},
+        )
         raise RequestError(
             HTTPStatus.SERVICE_UNAVAILABLE, "the event could not be queued; try again later"
         ) from None

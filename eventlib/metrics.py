@@ -8,7 +8,9 @@ system or assert on in tests::
     12
 
 The counters are per process (a Celery prefork worker has one set per pool
-process) and start at zero; a forked child starts again from zero.
+process) and start at zero; a forked child starts again from zero, with a
+lock of its own, even if another thread of the parent was counting at the
+moment of the fork.
 """
 
 from __future__ import annotations
@@ -54,3 +56,13 @@ def reset() -> None:
     """Set every counter back to zero."""
     with _lock:
         _counts.clear()
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _pid
+    _lock = threading.Lock()
+    _counts.clear()
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

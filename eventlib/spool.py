@@ -12,6 +12,11 @@ an event twice, never lose it: ``event.id`` lets handlers drop duplicates.
 
 Writes survive the crash of the process (SQLite's WAL journal), not the loss
 of power to the machine.
+
+Forks: a child forked by ``os.fork()`` (gunicorn, uWSGI, Celery's prefork
+pool) starts with fresh :class:`Spool` connections and fresh :class:`Flusher`
+state (no thread, a free lock), whatever the parent's threads were doing at
+that moment, and starts its own flusher when it spools.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ._sqlite import use_wal
 
@@ -58,20 +65,36 @@ class SpooledEvent:
 
 @dataclass(frozen=True)
 class SpoolStatus:
-    """How many events wait, and since when the oldest has (seconds)."""
+    """How many events wait, and since when the oldest has (seconds).
+
+    ``held_until`` is set while a flusher holds a batch of them (see
+    :meth:`Spool.flush`): the time (``time.time()``) its lease ends, until
+    which no other flusher publishes any event of this spool.  A flusher that
+    crashed mid-flush holds them until then too.
+    """
 
     count: int
     oldest_age: float | None
+    held_until: float | None = None
 
 
 class Spool:
     """One spool file.  Every method opens what it needs, so an instance can
-    be shared by threads and survives ``fork()``.  Errors of the file itself
+    be shared by threads and survives ``fork()``: each thread has its own
+    connection, and a forked child opens its own, never using its parent's
+    (SQLite forbids it).  Errors of the file itself
     (unwritable, disk full) are ``sqlite3.Error``s."""
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0) -> None:
         self.path = Path(path).resolve()
         self.timeout = timeout
+        self._local = threading.local()
+        _spools.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        inherited = getattr(self._local, "connection", None)
+        if inherited is not None:
+            _inherited_connections.append(inherited)
         self._local = threading.local()
 
     def _connection(self) -> sqlite3.Connection:
@@ -94,21 +117,31 @@ class Spool:
         )
 
     def status(self) -> SpoolStatus:
-        """The number of waiting events and the oldest one's age.  A spool
-        file that does not exist yet is empty."""
+        """The number of waiting events, the oldest one's age and, while a
+        flusher holds some of them, when its lease ends.  A spool file that
+        does not exist yet is empty."""
         if not self.path.exists():
             return SpoolStatus(0, None)
-        count, oldest = (
-            self._connection().execute("select count(*), min(spooled_at) from spool").fetchone()
+        now = time.time()
+        count, oldest, held_until = (
+            self._connection()
+            .execute(
+                "select count(*), min(spooled_at), "
+                "max(case when claimed_until > ? then claimed_until end) from spool",
+                (now,),
+            )
+            .fetchone()
         )
-        return SpoolStatus(count, None if oldest is None else max(0.0, time.time() - oldest))
+        return SpoolStatus(count, None if oldest is None else max(0.0, now - oldest), held_until)
 
     def flush(self, publish: Callable[[SpooledEvent], None]) -> int:
         """Publish every waiting event, oldest first, removing each once
         ``publish`` returned; return how many were published.
 
-        One flusher works on a spool at a time: while another process holds
-        a batch (for at most :data:`LEASE_SECONDS`), this returns 0.  The
+        One flusher works on a spool at a time: while another one holds
+        a batch (for at most :data:`LEASE_SECONDS`, also when it crashed
+        mid-flush), this publishes nothing more and returns;
+        :meth:`status` then tells until when the batch is held.  The
         first exception of ``publish`` stops the flush, leaves that event
         and the later ones in the spool, and propagates.
         """
@@ -191,11 +224,28 @@ class Flusher:
     """A daemon thread that re-publishes spooled events once the broker is
     back: it tries every ``interval`` seconds, flushes, closes the circuit
     when the spool is empty, and ends.  One per process; a forked child
-    starts its own when it needs one."""
+    starts its own when it needs one, with a fresh lock even if the parent's
+    thread held it at the moment of the fork.
+
+    It logs on the ``eventlib`` logger: at INFO level each try the broker
+    refused, with the oldest spooled event's ``eventlib_event`` and
+    ``eventlib_event_id`` in the record; at WARNING level how many events it
+    published, with ``eventlib_spool`` (the spool file) and
+    ``eventlib_published`` (the count) in the record, and
+    ``eventlib_event``, ``eventlib_event_id`` and ``eventlib_handler`` set to
+    ``None`` (a batch, not one event).
+    """
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        _flushers.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._thread = None
+        self._pid = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -228,14 +278,33 @@ class Flusher:
         interval: float,
         stop: threading.Event,
     ) -> None:
+        trying: list[SpooledEvent] = []
+
+        def publish_one(event: SpooledEvent) -> None:
+            trying[:] = [event]
+            publish(event)
+
         while not stop.wait(interval):
+            trying.clear()
             try:
-                flushed = spool.flush(publish)
+                flushed = spool.flush(publish_one)
             except Exception as error:
-                logger.info("The broker is still unreachable (%s); events stay spooled", error)
+                logger.info(
+                    "The broker is still unreachable (%s); events stay spooled",
+                    error,
+                    extra=_about(trying[0] if trying else None),
+                )
                 continue
             if flushed:
-                logger.warning("Published %d spooled events", flushed)
+                logger.warning(
+                    "Published %d spooled events",
+                    flushed,
+                    extra={
+                        **_about(None),
+                        "eventlib_spool": str(spool.path),
+                        "eventlib_published": flushed,
+                    },
+                )
             with self._lock:
                 if spool.status().count == 0:
                     circuit.close()
@@ -250,3 +319,32 @@ class Flusher:
             self._stop.set()
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join(timeout)
+
+
+def _about(event: SpooledEvent | None) -> dict[str, Any]:
+    """The ``extra`` of a log record about ``event`` (``None``: no one event)."""
+    return {
+        "eventlib_event": event.name if event else None,
+        "eventlib_event_id": event.event_id if event else None,
+        "eventlib_handler": None,
+    }
+
+
+_spools: weakref.WeakSet[Spool] = weakref.WeakSet()
+_flushers: weakref.WeakSet[Flusher] = weakref.WeakSet()
+#: The connection of the thread that forked, in a forked child: kept open and
+#: unused, rather than closed by the child on its parent's behalf.
+_inherited_connections: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has only the thread that forked: give every spool and
+    flusher fresh state, since the parent's other threads may have held a
+    lock or a connection at that moment."""
+    for spool in list(_spools):
+        spool._after_fork_in_child()
+    for flusher in list(_flushers):
+        flusher._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
+from datetime import datetime
 from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+
+from eventlib.spool import LEASE_SECONDS, Spool
 
 #: Handlers append a line to the file named by this variable, so a test can
 #: see that they really ran in the child process.
@@ -314,16 +319,24 @@ def test_log_invalid_data_names_the_error_and_the_event(isolation, apps):
 
 
 @pytest.mark.parametrize("broker_url", UNREACHABLE_BROKERS)
-def test_log_to_an_unreachable_broker_spools_the_event(isolation, apps, broker_url):
+def test_log_to_an_unreachable_broker_spools_the_event_and_exits_3(isolation, apps, broker_url):
     # The timeout is the bound: a hanging connection would raise TimeoutExpired.
     result = run_cli(
         isolation, "--broker-url", broker_url, "log", "shop.Refund", "order_id=1", timeout=20
     )
 
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3, result.stderr
     event_id = result.stdout.strip()
+    assert result.stdout == event_id + "\n"
     assert uuid.UUID(event_id)
+    assert "Traceback" not in result.stderr
+    # The library's warning (with the cause), then the command's own line.
     assert "spooling them in" in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"eventlib: the broker {broker_url.replace('secret', '**')} is unreachable: the event "
+        f"is kept in the spool {isolation.root.resolve() / 'eventlib-spool.sqlite'}; "
+        "`eventlib spool flush` will send it"
+    )
     assert "secret" not in result.stderr  # the password is masked
     spool = sqlite3.connect(isolation.root / "eventlib-spool.sqlite")
     try:
@@ -358,6 +371,17 @@ def test_log_exits_3_when_neither_the_broker_nor_the_spool_takes_the_event(
     assert "secret" not in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_log_to_a_reachable_broker_sends_the_event_and_exits_0(isolation, apps):
+    # kombu's in-memory broker lives in the child process: always reachable.
+    result = run_cli(isolation, "--broker-url", "memory://", "log", "shop.Refund", "order_id=1")
+
+    assert result.returncode == 0, result.stderr
+    assert uuid.UUID(result.stdout.strip())
+    assert result.stderr == ""
+    assert not (isolation.root / "eventlib-spool.sqlite").exists()
+    assert handler_lines(apps) == []  # sent, not run: no worker
 
 
 def test_log_to_an_unknown_broker_scheme_fails_on_one_line(isolation, apps):
@@ -447,3 +471,127 @@ def test_worker_with_an_unknown_broker_scheme_is_a_usage_error(isolation, apps):
     assert result.returncode == 2
     line = one_line_error(result)
     assert line.startswith("eventlib: unknown broker URL scheme in foo://x")
+
+
+# ---------------------------------------------------------------- spool ---
+
+#: Fast failures: the broker refuses at once, and nothing waits longer.
+SPOOL_ENV = {"EVENTLIB_BROKER_TIMEOUT": "0.5"}
+
+
+def spool_rows(isolation) -> list[tuple[str, str]]:
+    connection = sqlite3.connect(isolation.root / "eventlib-spool.sqlite")
+    try:
+        return connection.execute("select event_id, name from spool order by seq").fetchall()
+    finally:
+        connection.close()
+
+
+def log_while_the_broker_is_down(isolation, count: int) -> list[str]:
+    ids = []
+    for order_id in range(count):
+        result = run_cli(
+            isolation,
+            "--broker-url",
+            UNREACHABLE_AMQP,
+            "log",
+            "shop.Refund",
+            f"order_id={order_id}",
+            timeout=20,
+            **SPOOL_ENV,
+        )
+        assert result.returncode == 3, result.stderr
+        ids.append(result.stdout.strip())
+    return ids
+
+
+def test_spool_status_of_an_empty_spool(isolation, apps):
+    text = run_cli(isolation, "spool", "status")
+    as_json = run_cli(isolation, "spool", "status", "--json")
+
+    assert (text.returncode, text.stdout, text.stderr) == (0, "the spool is empty\n", "")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == {"count": 0, "oldest_age": None, "held_until": None}
+
+
+def test_spool_status_then_flush_while_the_broker_is_down_then_back(isolation, apps):
+    ids = log_while_the_broker_is_down(isolation, 2)
+
+    text = run_cli(isolation, "spool", "status")
+    as_json = run_cli(isolation, "spool", "status", "--json")
+    down = run_cli(
+        isolation, "--broker-url", UNREACHABLE_AMQP, "spool", "flush", timeout=20, **SPOOL_ENV
+    )
+
+    assert text.returncode == 0, text.stderr
+    assert re.fullmatch(r"2 events, the oldest spooled \d+ s ago\n", text.stdout), text.stdout
+    status = json.loads(as_json.stdout)
+    assert (status["count"], status["held_until"]) == (2, None)
+    assert 0 <= status["oldest_age"] < 60
+    # The broker is still down: exit 3, one line naming it, nothing lost.
+    assert down.returncode == 3
+    line = one_line_error(down)
+    assert line.startswith(
+        "eventlib: the broker amqp://guest:**@127.0.0.1:1// cannot take the spooled events: "
+    )
+    assert down.stdout == ""
+    assert spool_rows(isolation) == [(event_id, "shop.Refund") for event_id in ids]
+
+    up = run_cli(isolation, "--broker-url", "memory://", "spool", "flush", **SPOOL_ENV)
+
+    assert up.returncode == 0, up.stderr
+    assert up.stdout == "published 2 spooled events\n"
+    assert up.stderr == ""
+    assert spool_rows(isolation) == []
+
+
+def test_spool_flush_exits_1_while_another_flusher_holds_the_events(isolation, apps):
+    ids = log_while_the_broker_is_down(isolation, 3)
+    crash_while_flushing(isolation.root / "eventlib-spool.sqlite")
+    held = json.loads(run_cli(isolation, "spool", "status", "--json").stdout)
+    # The crashed flusher holds the batch for LEASE_SECONDS.
+    assert held["count"] == 3
+    assert time.time() + LEASE_SECONDS - 30 < held["held_until"] <= time.time() + LEASE_SECONDS
+
+    text = run_cli(isolation, "spool", "status")
+    result = run_cli(isolation, "--broker-url", "memory://", "spool", "flush", **SPOOL_ENV)
+
+    until = datetime.fromtimestamp(held["held_until"]).astimezone()
+    shown = until.strftime("%Y-%m-%d %H:%M:%S %z")
+    assert text.stdout.endswith(f"; a flusher holds them until {shown}\n"), text.stdout
+    assert result.returncode == 1
+    assert result.stdout == "published 0 spooled events\n"
+    assert one_line_error(result) == (
+        f"eventlib: 3 spooled events remain: another flusher holds them until {shown}"
+    )
+    assert spool_rows(isolation) == [(event_id, "shop.Refund") for event_id in ids]
+
+    # Once the lease has run out, the next flush publishes them.
+    expire_leases(isolation.root / "eventlib-spool.sqlite")
+    result = run_cli(isolation, "--broker-url", "memory://", "spool", "flush", **SPOOL_ENV)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "published 3 spooled events\n"
+    assert spool_rows(isolation) == []
+
+
+def crash_while_flushing(path: Path) -> None:
+    """A process that dies in the middle of a flush, after claiming a batch
+    and before publishing its first event."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            Spool(path).flush(lambda event: os._exit(0))
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # it died inside publish
+
+
+def expire_leases(path: Path) -> None:
+    connection = sqlite3.connect(path)
+    try:
+        with connection:
+            connection.execute("update spool set claimed_until = ?", (time.time() - 1,))
+    finally:
+        connection.close()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import sqlite3
 import threading
 import time
 
 import pytest
 
-from eventlib.spool import Circuit, Flusher, Spool, SpooledEvent
+from eventlib.spool import LEASE_SECONDS, Circuit, Flusher, Spool, SpooledEvent, SpoolStatus
 
 
 @pytest.fixture
@@ -189,3 +191,205 @@ def test_stopping_the_flusher_leaves_the_events_spooled(spool):
 
     assert spool.status().count == 2
     assert circuit.is_open
+
+
+def test_status_tells_until_when_a_flusher_holds_the_events(spool):
+    fill(spool, 3)
+    inside = threading.Event()
+    release = threading.Event()
+
+    def slow_publish(event: SpooledEvent) -> None:
+        inside.set()
+        release.wait(10)
+
+    before = time.time()
+    thread = threading.Thread(target=spool.flush, args=(slow_publish,))
+    thread.start()
+    try:
+        assert inside.wait(10)
+        held = spool.status()
+    finally:
+        release.set()
+        thread.join(10)
+
+    assert held.count == 3
+    assert before + LEASE_SECONDS <= held.held_until <= time.time() + LEASE_SECONDS
+    assert spool.status() == SpoolStatus(0, None, None)
+
+
+def test_an_expired_lease_is_not_reported_and_the_events_can_be_flushed(spool):
+    ids = fill(spool, 2)
+    connection = sqlite3.connect(spool.path)
+    with connection:
+        connection.execute("update spool set claimed_until = ?", (time.time() - 1,))
+    connection.close()
+
+    assert spool.status().held_until is None
+    assert [event.event_id for event in _flushed(spool)] == ids
+
+
+def test_the_flusher_logs_which_event_the_broker_refused_and_how_many_it_published(spool, caplog):
+    ids = fill(spool, 3)
+    circuit = Circuit()
+    circuit.trip()
+    broker_up = threading.Event()
+
+    def publish(event: SpooledEvent) -> None:
+        if not broker_up.is_set():
+            raise ConnectionError("still down")
+
+    caplog.set_level(logging.INFO, logger="eventlib")
+    flusher = Flusher()
+    flusher.ensure_running(spool, publish, circuit, interval=0.02)
+    try:
+        wait_until(lambda: _records(caplog, "The broker is still unreachable"))
+        broker_up.set()
+        wait_until(lambda: not circuit.is_open)
+    finally:
+        flusher.stop()
+
+    refused = _records(caplog, "The broker is still unreachable")[0]
+    assert refused.getMessage() == (
+        "The broker is still unreachable (still down); events stay spooled"
+    )
+    assert (refused.eventlib_event, refused.eventlib_event_id, refused.eventlib_handler) == (
+        "shop.Purchase",
+        ids[0],
+        None,
+    )
+    [published] = _records(caplog, "Published")
+    assert published.levelno == logging.WARNING
+    assert published.getMessage() == "Published 3 spooled events"
+    assert (published.eventlib_spool, published.eventlib_published) == (str(spool.path), 3)
+    assert (published.eventlib_event, published.eventlib_event_id) == (None, None)
+    assert published.eventlib_handler is None
+
+
+def _records(caplog, start: str) -> list[logging.LogRecord]:
+    return [
+        record
+        for record in caplog.records
+        if record.name == "eventlib" and record.getMessage().startswith(start)
+    ]
+
+
+class _HeldStatusSpool(Spool):
+    """A spool whose status(), in the process that made it, waits until the
+    test releases it when ``hold`` is set: the flusher calls it holding its
+    lock."""
+
+    def __init__(self, path, *, hold: bool) -> None:
+        super().__init__(path)
+        self.owner = os.getpid()
+        self.hold = hold
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    def status(self) -> SpoolStatus:
+        if self.hold and os.getpid() == self.owner:
+            self.inside.set()
+            assert self.release.wait(30)
+        return super().status()
+
+
+@pytest.mark.parametrize("moment", ["waiting-for-the-broker", "holding-its-lock"])
+def test_a_forked_child_flushes_with_a_flusher_of_its_own(tmp_path, moment):
+    """Fork while the parent's flusher thread runs: waiting for a broker that
+    does not answer, or in the middle of its check of the spool, holding its
+    lock.  (Either way the thread is in Python code, not inside SQLite, whose
+    own mutexes a fork could leave held.)  The child spools events; its own
+    flusher thread, not the parent's, publishes them."""
+    waiting = moment == "waiting-for-the-broker"
+    spool = _HeldStatusSpool(tmp_path / "spool.sqlite", hold=not waiting)
+    circuit = Circuit()
+    circuit.trip()
+    trying = threading.Event()
+    broker_gives_up = threading.Event()
+    parent_published: list[str] = []
+
+    def parent_publish(event: SpooledEvent) -> None:
+        if waiting:
+            trying.set()
+            broker_gives_up.wait(30)
+            raise ConnectionError("no answer")
+        parent_published.append(event.event_id)
+
+    fill(spool, 1)
+    flusher = Flusher()
+    flusher.ensure_running(spool, parent_publish, circuit, interval=0.02)
+    try:
+        if waiting:
+            assert trying.wait(10)
+        else:
+            assert spool.inside.wait(10)
+            assert flusher._lock.locked()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: reports on the pipe, never returns into pytest
+            try:
+                os.close(read)
+                os.write(write, _flush_in_child(spool, flusher, waiting).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        # The parent's thread lets go of the spool (of its lease on id-0).
+        broker_gives_up.set()
+        spool.release.set()
+        flusher.stop()
+        report = _read_with_deadline(read, pid, timeout=30)
+    finally:
+        broker_gives_up.set()
+        spool.release.set()
+        flusher.stop()
+
+    assert report == "ok"
+    assert parent_published == ([] if waiting else ["id-0"])
+
+
+def _flush_in_child(spool: Spool, flusher: Flusher, waiting: bool) -> str:
+    """In the forked child: spool two events, let the inherited flusher
+    publish them (and the parent's, when it could not) with the child's own
+    thread, and say what went wrong."""
+    try:
+        ids = ["child-0", "child-1"]
+        for event_id in ids:
+            spool.put("shop.Purchase", event_id, "{}")
+        published: list[tuple[str, str, int]] = []
+
+        def publish(event: SpooledEvent) -> None:
+            published.append((event.event_id, threading.current_thread().name, os.getpid()))
+
+        circuit = Circuit()
+        circuit.trip()
+        flusher.ensure_running(spool, publish, circuit, interval=0.02)
+        wait_until(lambda: not circuit.is_open, timeout=20)
+        expected = (["id-0"] if waiting else []) + ids
+        if [event_id for event_id, _, _ in published] != expected:
+            return f"published {published}, expected {expected}"
+        if {(name, pid) for _, name, pid in published} != {("eventlib-spool-flusher", os.getpid())}:
+            return f"published by {published}"
+        if Spool(spool.path).status().count:
+            return "events left in the spool"
+        return "ok"
+    except BaseException as error:  # the parent shows it
+        return f"{type(error).__name__}: {error}"
+
+
+def _read_with_deadline(fd: int, pid: int, timeout: float) -> str:
+    """What the child wrote on ``fd`` once it exited; kill it and fail if it
+    has not exited within ``timeout`` seconds (a deadlock in the child)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(fd)
+            pytest.fail(f"the forked child did not finish within {timeout} s")
+        time.sleep(0.01)
+    with os.fdopen(fd) as pipe:
+        report = pipe.read()
+    assert os.waitstatus_to_exitcode(status) == 0, report
+    return report
