@@ -96,6 +96,16 @@ DEALS_EVENTS = """
             return {'deal': self.data['deal']}  # KeyError without 'deal'
 
 
+    class WideClick(DealClick):
+        '''Public as a subclass of a public event.'''
+
+
+    class InternalClick(DealClick):
+        '''A subclass that opts out again.'''
+
+        public = False
+
+
     class Failing(BaseEvent):
         public = True
 
@@ -498,6 +508,16 @@ def test_an_event_that_is_not_public_is_forbidden(server, deals):
     )
     assert deals.LEAKED == []
     assert deals.RECEIVED == []
+
+
+def test_public_is_inherited_like_any_class_attribute_and_can_be_turned_off(server, deals):
+    assert accepted(post(server, "__event__=deals.WideClick&x=1"), deals).data == {"x": "1"}
+    assert_error(
+        post(server, "__event__=deals.InternalClick&x=1"),
+        403,
+        "the event deals.InternalClick is not public",
+    )
+    assert len(deals.RECEIVED) == 1
 
 
 def test_public_events_makes_an_event_loggable(serve_with, deals):
