@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import eventlib
 from eventlib.dispatch import spool_status
 
 from .support import Project, wait_for
+from .test_outage import crash_a_flusher_after_its_first_publish, log_through_a_broker_kill, quiet
 
 #: The start script itself: Debian's /usr/sbin/rabbitmq-server is a wrapper
 #: that switches to the rabbitmq user and to the shared node's directories.
@@ -182,6 +184,34 @@ class PrivateRabbitMQ:
         if self.process is not None and self.process.poll() is None:
             self.kill()
 
+    def queue_idle(self, name: str) -> Callable[[], bool]:
+        """Whether no message of the queue ``name`` waits or is held
+        unacknowledged by a consumer (``rabbitmqctl list_queues``): every
+        message published so far was processed.  A queue that does not exist
+        holds nothing."""
+        command = [
+            str(Path(self.script).with_name("rabbitmqctl")),
+            *("-n", self.node, "list_queues", "-q", "--no-table-headers"),
+            *("name", "messages_ready", "messages_unacknowledged"),
+        ]
+
+        def idle() -> bool:
+            listed = subprocess.run(
+                command,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert listed.returncode == 0, listed.stderr
+            for line in listed.stdout.splitlines():
+                queue, ready, unacked = line.split("\t")
+                if queue == name:
+                    return int(ready) == int(unacked) == 0
+            return True
+
+        return idle
+
 
 @pytest.fixture
 def rabbitmq(tmp_path):
@@ -245,3 +275,35 @@ def test_events_logged_during_a_rabbitmq_outage_are_spooled_then_all_processed(
     assert twice <= set(before)
     # 300 spooled calls with a dead broker: far from 300 timeouts of 0.5 s.
     assert logging_seconds < 30
+
+
+def test_threads_logging_while_rabbitmq_is_killed_mid_call_lose_nothing(outage_project, rabbitmq):
+    """test_outage.py's mid-stream kill with a RabbitMQ node: four threads
+    keep calling log() while the node's Erlang VM is killed (SIGKILL, by its
+    pid) during one of the calls, until 100 events are spooled, and while it
+    restarts; they go on until the process's flusher drained the spool.  Then
+    a worker starts, and every event logged is processed, twice only if its
+    log() call was in progress while the node was being killed (the node
+    stored the message and died before its confirmation reached log(), which
+    spooled the event too)."""
+    project = outage_project
+    project.configure_here()
+
+    # Fewer events per second: the node takes seconds to restart, and the
+    # threads log all along.
+    outage = log_through_a_broker_kill(rabbitmq.kill, rabbitmq.start, pause=0.03, spooled=100)
+
+    project.start_worker()
+    wait_for(quiet(project, rabbitmq.queue_idle("eventlib")), 180, "the worker to empty the queue")
+    print(outage.check_processed(project.records.runs_per_event("audit")))
+
+
+def test_a_flusher_killed_after_a_confirmed_publish_duplicates_that_event_and_loses_none(
+    outage_project, rabbitmq, tmp_path
+):
+    """test_outage.py's crashed flusher with a RabbitMQ node: the flusher is
+    killed once the node confirmed the first event (publisher confirms), before
+    the spool forgets it."""
+    crash_a_flusher_after_its_first_publish(
+        outage_project, tmp_path, rabbitmq.kill, rabbitmq.start, rabbitmq.queue_idle("eventlib")
+    )
