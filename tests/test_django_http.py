@@ -8,7 +8,9 @@ the state, cannot run after it in the same process).  Either way, what the
 views need of the settings (this module as the URLconf,
 ``CsrfViewMiddleware``, ``ALLOWED_HOSTS``) is given with
 ``override_settings`` for the module, and eventlib's handler registry and
-transaction hook are given back when the module is done.
+transaction hook are given back when the module is done.  The static file's
+tests add ``django.contrib.staticfiles`` to the installed apps for their
+own duration.
 
 Handlers run eagerly, in this process: ``storefront.PageViewed``'s records
 what it receives.
@@ -19,9 +21,11 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.resources import files
+from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
@@ -32,9 +36,11 @@ from django.apps import apps
 from django.conf import settings
 from django.contrib.staticfiles import finders
 from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
 from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
+from django.template import engines
 from django.test import Client, override_settings
 from django.urls import include, path, reverse
 
@@ -48,6 +54,8 @@ from eventlib.registry import HANDLER_REGISTRY
 
 SITE = "http://testserver"
 SCRIPT = files("eventlib") / "static" / "eventlib.js"
+FORM = "application/x-www-form-urlencoded"
+VIEWED = "/event/log?__event__=storefront.PageViewed"
 STOREFRONT_EVENTS = """
     import eventlib
 
@@ -152,9 +160,15 @@ def post_form(client: Client, target: str, fields: dict[str, str], **headers: st
     return client.post(
         target,
         urlencode(fields),
-        content_type="application/x-www-form-urlencoded",
+        content_type=FORM,
         headers={"Origin": SITE, **headers},
     )
+
+
+def csrf_token(client: Client) -> str:
+    """A CSRF token of the client's, as a page with ``{% csrf_token %}``
+    renders it; the client keeps the CSRF cookie it goes with."""
+    return client.get("/form").content.decode()
 
 
 # ----------------------------------------------------------------- URLs ---
@@ -181,29 +195,6 @@ def test_a_beacon_logs_a_public_event_without_a_csrf_token(storefront, client):
     assert (data, source, address) == ({"page": "/cart", "items": [1, 2]}, "http", "127.0.0.1")
 
 
-def test_a_form_with_django_s_csrf_token_logs_the_event_without_the_token(storefront, client):
-    token = client.get("/form").content.decode()
-    form = {"csrfmiddlewaretoken": token, "page": "/cart"}
-    assert post_form(client, "/protected", form).status_code == 200  # a token Django accepts
-
-    response = post_form(client, "/event/log?__event__=storefront.PageViewed", form)
-
-    assert response.status_code == 202
-    [(data, *_)] = storefront.RECEIVED
-    assert data == {"page": "/cart"}
-
-
-def test_the_token_is_dropped_however_its_field_name_is_encoded(storefront, client):
-    response = client.post(
-        "/event/log?__event__=storefront.PageViewed",
-        "csrfmiddleware%74oken=abc&page=%2Fcart&csrfmiddlewaretoken=def",
-        content_type="application/x-www-form-urlencoded; charset=utf-8",
-        headers={"Origin": SITE},
-    )
-    assert response.status_code == 202
-    assert storefront.RECEIVED[0][0] == {"page": "/cart"}
-
-
 def test_a_page_of_the_same_host_may_give_its_referer_instead_of_its_origin(storefront, client):
     response = client.post(
         "/event/log?__event__=storefront.PageViewed&page=%2Fdeals",
@@ -223,6 +214,165 @@ def test_the_host_is_django_s_and_allowed_hosts_applies(storefront, client):
     response = beacon(client, "storefront.PageViewed", {"page": "/"}, **other)
     assert response.status_code == 400  # Django's own answer to a host not in ALLOWED_HOSTS
     assert len(storefront.RECEIVED) == 1
+
+
+# ----------------------------------------------------------------- CSRF ---
+
+
+def test_a_form_with_django_s_csrf_token_logs_the_event_without_the_token(storefront, client):
+    form = {"csrfmiddlewaretoken": csrf_token(client), "page": "/cart"}
+    assert post_form(client, "/protected", form).status_code == 200  # a token Django accepts
+
+    response = post_form(client, VIEWED, form)
+
+    assert response.status_code == 202
+    [(data, *_)] = storefront.RECEIVED
+    assert data == {"page": "/cart"}
+
+
+def test_a_good_csrf_token_in_the_x_csrftoken_header_is_accepted(storefront, client):
+    token = csrf_token(client)
+    response = beacon(client, "storefront.PageViewed", {"page": "/cart"}, **{"X-CSRFToken": token})
+    assert response.status_code == 202
+    assert storefront.RECEIVED[0][0] == {"page": "/cart"}
+
+
+def wrong_token_in_the_form(client: Client) -> HttpResponse:
+    csrf_token(client)  # the visitor's CSRF cookie
+    others = csrf_token(Client())  # a token of another visitor's cookie
+    return post_form(client, VIEWED, {"csrfmiddlewaretoken": others, "page": "/"})
+
+
+def wrong_token_in_the_header(client: Client) -> HttpResponse:
+    csrf_token(client)
+    return beacon(client, "storefront.PageViewed", {"page": "/"}, **{"X-CSRFToken": "abc"})
+
+
+def token_without_its_cookie(client: Client) -> HttpResponse:
+    token = csrf_token(Client())
+    return post_form(client, VIEWED, {"csrfmiddlewaretoken": token, "page": "/"})
+
+
+def token_from_an_origin_django_does_not_trust(client: Client) -> HttpResponse:
+    token = csrf_token(client)
+    partner = "https://www.partner.example"  # allowed by eventlib, not CSRF_TRUSTED_ORIGINS
+    with override_settings(EVENTLIB_HTTP={"allowed_origins": [partner]}):
+        return post_form(
+            client, VIEWED, {"csrfmiddlewaretoken": token, "page": "/"}, Origin=partner
+        )
+
+
+CSRF_REFUSALS = {
+    "a wrong token in the form": (
+        wrong_token_in_the_form,
+        "CSRF token from POST incorrect.",
+    ),
+    "a wrong token in the header": (
+        wrong_token_in_the_header,
+        "CSRF token from the 'X-Csrftoken' HTTP header has incorrect length.",
+    ),
+    "a token without its cookie": (token_without_its_cookie, "CSRF cookie not set."),
+    "a token from an origin Django does not trust": (
+        token_from_an_origin_django_does_not_trust,
+        "Origin checking failed - https://www.partner.example does not match any trusted origins.",
+    ),
+}
+
+
+@pytest.mark.parametrize(("send", "reason"), CSRF_REFUSALS.values(), ids=CSRF_REFUSALS.keys())
+def test_a_token_django_refuses_answers_403_with_django_s_reason(
+    storefront, client, caplog, send, reason
+):
+    caplog.set_level(logging.WARNING)
+    response = send(client)
+
+    assert response.status_code == 403
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"error": f"CSRF verification failed: {reason}"}
+    assert storefront.RECEIVED == []
+    # Logged once, where Django logs its own CSRF refusals.
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("django.security.csrf", "WARNING", f"Forbidden ({reason}): /event/log")
+    ]
+
+
+def test_without_a_token_the_origin_rule_alone_applies(storefront, client):
+    csrf_token(client)  # the CSRF cookie, which the page's beacons send too
+    assert beacon(client, "storefront.PageViewed", {"page": "/"}).status_code == 202
+
+    foreign = beacon(client, "storefront.PageViewed", {"page": "/"}, Origin="https://evil.example")
+    assert foreign.status_code == 403
+    assert foreign.json() == {"error": "the origin https://evil.example may not log events here"}
+    assert len(storefront.RECEIVED) == 1
+
+
+def test_a_good_token_does_not_replace_the_origin_rule(storefront, client):
+    form = urlencode({"csrfmiddlewaretoken": csrf_token(client), "page": "/"})
+    # Django's check passes a plain-HTTP request with no Origin; eventlib's does not.
+    response = client.post(VIEWED, form, content_type=FORM)
+    assert response.status_code == 403
+    assert response.json() == {"error": "the request has no Origin or Referer header"}
+    assert storefront.RECEIVED == []
+
+
+def test_the_token_is_checked_and_dropped_however_its_field_name_is_encoded(storefront, client):
+    token = csrf_token(client)
+    encoded = client.post(
+        VIEWED,
+        f"csrfmiddleware%74oken={token}&page=%2Fcart",
+        content_type=f"{FORM}; charset=utf-8",
+        headers={"Origin": SITE},
+    )
+    assert encoded.status_code == 202
+    assert storefront.RECEIVED[0][0] == {"page": "/cart"}
+
+    wrong = client.post(
+        VIEWED,
+        "csrfmiddleware%74oken=abc&page=%2Fcart",
+        content_type=FORM,
+        headers={"Origin": SITE},
+    )
+    assert wrong.status_code == 403
+    assert wrong.json() == {
+        "error": "CSRF verification failed: CSRF token from POST has incorrect length."
+    }
+
+
+def test_the_check_does_not_need_django_s_csrf_middleware(storefront, client):
+    token, others = csrf_token(client), csrf_token(Client())
+    with override_settings(MIDDLEWARE=["django.middleware.common.CommonMiddleware"]):
+        browser = Client(enforce_csrf_checks=True)  # loads the middleware of the settings
+        browser.cookies = client.cookies
+        assert post_form(browser, "/protected", {}).status_code == 200  # no CSRF check there
+        good = post_form(browser, VIEWED, {"csrfmiddlewaretoken": token, "page": "/"})
+        wrong = post_form(browser, VIEWED, {"csrfmiddlewaretoken": others, "page": "/"})
+    assert good.status_code == 202
+    assert wrong.status_code == 403
+    assert len(storefront.RECEIVED) == 1
+
+
+def test_a_form_with_a_token_and_more_fields_than_django_reads_answers_400(storefront, client):
+    form = {"csrfmiddlewaretoken": csrf_token(client), "page": "/", "a": "1", "b": "2"}
+    with override_settings(DATA_UPLOAD_MAX_NUMBER_FIELDS=3):
+        response = post_form(client, VIEWED, form)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "the form has more than 3 fields (DATA_UPLOAD_MAX_NUMBER_FIELDS)"
+    }
+
+
+def test_a_request_that_cannot_log_an_event_gets_the_same_answer_with_a_token(storefront, client):
+    headers = {"Origin": SITE, "X-CSRFToken": "abc"}  # a token Django would refuse
+    put = client.put(VIEWED, b'{"data": {"page": "/"}}', "application/json", headers=headers)
+    multipart = client.post(
+        VIEWED, b"--b\r\n\r\n--b--\r\n", "multipart/form-data; boundary=b", headers=headers
+    )
+    assert (put.status_code, put.json()) == (
+        405,
+        {"error": "use POST to log an event, not PUT"},
+    )
+    assert multipart.status_code == 415
+    assert storefront.RECEIVED == []
 
 
 # ------------------------------------------------------------ options ---
@@ -358,7 +508,6 @@ class Case:
 
 
 LOG = "/event/log"
-VIEWED = "/event/log?__event__=storefront.PageViewed"
 REFUSALS = {
     "no event name": (Case("POST", LOG, b'{"data": {}}'), 400),
     "a malformed event name": (Case("POST", "/event/log?__event__=nodots"), 400),
@@ -501,8 +650,43 @@ def test_the_script_answers_405_to_a_post(django_site, client):
     assert response.json() == {"error": "use GET"}
 
 
-def test_staticfiles_finds_the_script_through_a_staticfiles_dirs_entry(django_site):
-    with override_settings(STATICFILES_DIRS=[("eventlib", files("eventlib") / "static")]):
+def test_staticfiles_finds_the_script_in_the_app_with_no_settings(django_site):
+    with override_settings(STATICFILES_DIRS=[]):
         found = finders.find("eventlib/eventlib.js")
-        assert finders.FileSystemFinder().check() == []
-    assert found == str(SCRIPT)
+    assert found is not None
+    assert Path(found).read_bytes() == SCRIPT.read_bytes()
+    app_static = Path(apps.get_app_config("eventlib").path) / "static"
+    assert Path(found) == app_static / "eventlib" / "eventlib.js"
+
+
+def test_the_app_s_static_file_is_a_link_to_the_one_script(django_site):
+    """In the checkout: one source, which the wheel copies (setuptools
+    follows the link)."""
+    shipped = Path(apps.get_app_config("eventlib").path) / "static" / "eventlib" / "eventlib.js"
+    assert shipped.is_symlink()
+    assert shipped.resolve() == Path(str(SCRIPT)).resolve()
+
+
+def test_the_static_tag_gives_the_collected_script(django_site, tmp_path):
+    installed = [*settings.INSTALLED_APPS, "django.contrib.staticfiles"]
+    with override_settings(
+        INSTALLED_APPS=installed,
+        STATICFILES_DIRS=[],
+        STATIC_ROOT=str(tmp_path),
+        STATIC_URL="/static/",
+        STORAGES={
+            "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+            "staticfiles": {
+                "BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"
+            },
+        },
+        TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates"}],
+    ):
+        call_command("collectstatic", interactive=False, verbosity=0)
+        template = engines["django"].from_string(
+            "{% load static %}{% static 'eventlib/eventlib.js' %}"
+        )
+        url = template.render()
+    assert url.startswith("/static/eventlib/eventlib.")
+    assert url != "/static/eventlib/eventlib.js"  # the manifest's name, with the content's hash
+    assert (tmp_path / url.removeprefix("/static/")).read_bytes() == SCRIPT.read_bytes()

@@ -7,16 +7,19 @@ application of :mod:`eventlib.http` does: it builds an
 setting (:func:`options_from_settings`).  :func:`script` serves
 ``eventlib.js`` next to it, the very file the WSGI application serves.
 
-CSRF: ``log_event`` is exempt from Django's CSRF check, because
+CSRF: ``log_event`` is exempt from ``CsrfViewMiddleware``, because
 ``navigator.sendBeacon`` cannot send the token; eventlib's own check of the
 ``Origin`` (or ``Referer``) header is what protects it from cross-site
-requests, as it protects the WSGI application.  A form rendered with
-``{% csrf_token %}`` may post to it all the same: the token's field is
+requests, as it protects the WSGI application.  A request that carries a
+CSRF token all the same (a form rendered with ``{% csrf_token %}``, or a
+``fetch()`` with the ``X-CSRFToken`` header) gets Django's whole CSRF check
+as well (:func:`check_csrf`), and a 403 when it fails; the token's field is
 dropped from the body, never logged as event data.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import fields
 from http import HTTPStatus
@@ -24,12 +27,14 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from django.conf import settings as django_settings
-from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
+from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig, TooManyFieldsSent
 from django.core.handlers.wsgi import WSGIRequest
 from django.db.transaction import non_atomic_requests
 from django.http import HttpRequest, HttpResponse
 from django.http.request import RawPostDataException
+from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.cache import get_conditional_response, patch_cache_control
+from django.utils.log import log_response
 from django.views.decorators.csrf import csrf_exempt
 
 from eventlib import http
@@ -42,6 +47,17 @@ from .apps import HTTP_SETTING
 OPTION_NAMES = tuple(field.name for field in fields(Options) if field.name != "path")
 #: The form field of Django's CSRF token, as ``{% csrf_token %}`` renders it.
 CSRF_FIELD = "csrfmiddlewaretoken"
+#: Where a refused CSRF token is logged, as ``CsrfViewMiddleware`` logs it.
+csrf_logger = logging.getLogger("django.security.csrf")
+
+
+class CsrfRefused(RequestError):
+    """Django's CSRF check refused the request: 403, with Django's reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(HTTPStatus.FORBIDDEN, f"CSRF verification failed: {reason}")
+        #: Django's reason, such as ``"CSRF token from POST incorrect."``.
+        self.reason = reason
 
 
 def options_from_settings(settings: Any = None) -> Options:
@@ -78,6 +94,15 @@ def log_event(request: HttpRequest) -> HttpResponse:
     :func:`eventlib.http.handle_log` does: 202 ``{"id": ...}``, or a JSON
     ``{"error": ...}`` with 400, 403, 404, 405, 413, 415 or 503.
 
+    A POST that carries a CSRF token, in the body's ``csrfmiddlewaretoken``
+    field or in the header of ``CSRF_HEADER_NAME`` (``X-CSRFToken``), must
+    also pass Django's CSRF check (:func:`check_csrf`), or answers 403
+    ``{"error": "CSRF verification failed: <Django's reason>"}``, logged on
+    ``django.security.csrf`` as Django logs its own refusals.  Without a
+    token, the ``Origin`` check of :func:`~eventlib.http.handle_log` is the
+    only one; with a token, it applies too.  The token's field never reaches
+    the event's data.
+
     The request's host is ``request.get_host()``, so ``ALLOWED_HOSTS`` and
     ``USE_X_FORWARDED_HOST`` apply as to any view.  The view opens no
     transaction, even with ``ATOMIC_REQUESTS``: it uses no database.  An
@@ -88,8 +113,58 @@ def log_event(request: HttpRequest) -> HttpResponse:
     try:
         eventlib_request = _eventlib_request(request, options)
     except RequestError as error:
-        return _json_response(Response(error.status, {"error": str(error)}))
+        response = _json_response(Response(error.status, {"error": str(error)}))
+        if isinstance(error, CsrfRefused):
+            log_response(
+                "Forbidden (%s): %s",
+                error.reason,
+                request.path,
+                response=response,
+                request=request,
+                logger=csrf_logger,
+            )
+        return response
     return _json_response(handle_log(eventlib_request, options))
+
+
+def check_csrf(request: HttpRequest) -> None:
+    """Apply Django's CSRF check to ``request``, as ``CsrfViewMiddleware``
+    does for a view that is not exempt: the ``Origin`` header (or, over
+    HTTPS, the ``Referer``) against the host and ``CSRF_TRUSTED_ORIGINS``,
+    then the token of the ``csrfmiddlewaretoken`` form field or of the
+    ``CSRF_HEADER_NAME`` header against the CSRF cookie (or session, with
+    ``CSRF_USE_SESSIONS``).  It does not need the middleware in
+    ``MIDDLEWARE``, and passes, as Django's check does, a request of the test
+    ``Client`` made without ``enforce_csrf_checks=True``.
+
+    Raises :class:`CsrfRefused` with Django's reason when the check fails,
+    and :class:`~eventlib.http.RequestError` (400) for a form with more
+    fields than ``DATA_UPLOAD_MAX_NUMBER_FIELDS``, which Django will not read.
+    """
+    try:
+        refusal = _CsrfCheck(_not_exempt).process_view(request, _not_exempt, (), {})
+    except TooManyFieldsSent:
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST,
+            f"the form has more than {django_settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} fields "
+            "(DATA_UPLOAD_MAX_NUMBER_FIELDS)",
+        ) from None
+    if refusal is not None:  # a Django whose middleware refuses without _reject
+        raise CsrfRefused("the CSRF check refused the request.")
+
+
+class _CsrfCheck(CsrfViewMiddleware):
+    """Django's CSRF middleware, refusing with :class:`CsrfRefused` instead of
+    answering with the page of ``CSRF_FAILURE_VIEW``."""
+
+    def _reject(self, request: HttpRequest, reason: str) -> HttpResponse:
+        raise CsrfRefused(reason)
+
+
+def _not_exempt(request: HttpRequest) -> HttpResponse:
+    """The view (and the next handler) of the middleware :func:`check_csrf`
+    runs: a view not exempt from the check, never called."""
+    raise AssertionError("never called")
 
 
 @csrf_exempt  # answers 405 to a POST, as the WSGI application does
@@ -113,12 +188,23 @@ def script(request: HttpRequest) -> HttpResponse:
 
 
 def _eventlib_request(request: HttpRequest, options: Options) -> Request:
-    """What :func:`~eventlib.http.handle_log` needs of ``request``.  Raises
-    :class:`~eventlib.http.RequestError` for a body it should not read."""
+    """What :func:`~eventlib.http.handle_log` needs of ``request``, the CSRF
+    token's field dropped from a form.  Raises
+    :class:`~eventlib.http.RequestError` for a body it should not read, and
+    :class:`CsrfRefused` for a POST whose CSRF token Django refuses (of a
+    type the endpoint reads: any other is refused, 415, and logs nothing)."""
     body = _read_body(request, options.max_body)
     content_type = request.META.get("CONTENT_TYPE", "")
-    if http.media_type(content_type) in http.FORM_TYPES:
-        body = _without_csrf_token(body)
+    kind = http.media_type(content_type)
+    token_in_body = False
+    if kind in http.FORM_TYPES:
+        body, token_in_body = _without_csrf_token(body)
+    if (
+        request.method == "POST"
+        and kind in (*http.FORM_TYPES, *http.JSON_TYPES)
+        and (token_in_body or django_settings.CSRF_HEADER_NAME in request.META)
+    ):
+        check_csrf(request)
     query_string = request.META.get("QUERY_STRING", "")
     return Request(
         method=request.method or "GET",
@@ -152,15 +238,18 @@ def _read_body(request: HttpRequest, limit: int) -> bytes:
         return b""
 
 
-def _without_csrf_token(body: bytes) -> bytes:
-    """A form body without its ``csrfmiddlewaretoken`` field(s); the rest is
-    left as it was, for :func:`~eventlib.http.handle_log` to parse."""
+def _without_csrf_token(body: bytes) -> tuple[bytes, bool]:
+    """A form body without its ``csrfmiddlewaretoken`` field(s), however
+    its name is percent-encoded, and whether it had one; the rest is left as
+    it was, for :func:`~eventlib.http.handle_log` to parse."""
     field = CSRF_FIELD.encode()
-    return b"&".join(
+    pairs = body.split(b"&")
+    kept = [
         pair
-        for pair in body.split(b"&")
+        for pair in pairs
         if unquote_to_bytes(pair.partition(b"=")[0].replace(b"+", b" ")) != field
-    )
+    ]
+    return b"&".join(kept), len(kept) < len(pairs)
 
 
 def _utf8(value: str) -> str:
