@@ -34,6 +34,8 @@ clean:
 
 bench: $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.embedded_transports
+	$(BIN)/python -m benchmarks.spooling
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet --editable '.[test,bench]'

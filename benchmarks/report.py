@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .common import ROOT, WORKER_OPTIONS, Broker
@@ -139,7 +140,9 @@ def render(report: Report) -> str:
         "```",
         "",
         "(`make bench` runs `.venv/bin/python -m benchmarks.run`; add `--quick` for a",
-        "smoke run with small counts, `--brokers redis,embedded` to choose brokers.)",
+        "smoke run with small counts, `--brokers redis,embedded` to choose brokers.",
+        "It then runs `benchmarks.embedded_transports` and `benchmarks.spooling`, which",
+        "write their own sections at the end of this page.)",
         "",
     ]
     if report.quick:
@@ -790,3 +793,18 @@ def _reading_worker(report: Report) -> list[str]:
                     "it is not broken down further here."
                 )
     return out
+
+
+def write_section(path: Path, begin: str, end: str, section: str) -> None:
+    """Replace the part of ``path`` from the marker ``begin`` to the marker
+    ``end`` (both included) with ``section``, or append ``section`` when the
+    markers are not there: how the scripts that measure one thing each keep
+    their part of ``docs/benchmarks.md``."""
+    text = path.read_text() if path.exists() else ""
+    start, stop = text.find(begin), text.find(end)
+    if start != -1 and stop > start:
+        after = text[stop + len(end) :].lstrip("\n")
+        text = text[:start] + section.strip("\n") + ("\n\n" + after if after else "\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section.strip("\n") + "\n"
+    path.write_text(text)
