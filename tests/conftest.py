@@ -1,9 +1,25 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery
+
+from eventlib import conf, dispatch
+from eventlib.registry import HANDLER_REGISTRY
+
+TESTS = Path(__file__).parent
+#: The installed apps of the Django project the Django tests share.
+DJANGO_APPS = [
+    "django.contrib.contenttypes",
+    "eventlib.contrib.django",
+    "django_project.shop",
+    "django_project.notifications",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -30,3 +46,58 @@ def _purge(app: Celery) -> None:
             queue = connection.SimpleQueue(name)
             queue.clear()
             queue.close()
+
+
+@dataclass(frozen=True)
+class DjangoReady:
+    """What ``django.setup()`` left: eventlib's settings and the modules
+    imported right after it, and the handler registry and transaction hook
+    that ``eventlib.contrib.django``'s ``ready()`` installed."""
+
+    settings: conf.Settings
+    modules: frozenset[str]
+    registry: Any
+    hook: Any
+
+
+@pytest.fixture(scope="session")
+def django_ready(tmp_path_factory: pytest.TempPathFactory) -> DjangoReady:
+    """Django, set up once for the whole run, since a process can set it up
+    only once: tests/django_project (``DJANGO_APPS``) on an SQLite file, its
+    tables created, with the ``worker`` database alias a second connection to
+    the same file.  Whichever Django test module runs first sets it up.
+
+    eventlib's handler registry and transaction hook are given back as they
+    were before ``ready()``: a module that wants Django's installs
+    ``registry`` and ``hook`` for its own tests."""
+    import django
+    from django.conf import settings
+    from django.core.management import call_command
+
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    registry_before = HANDLER_REGISTRY._snapshot()
+    hook_before = dispatch._transaction_hook
+    database = str(tmp_path_factory.mktemp("django") / "db.sqlite3")
+    settings.configure(
+        INSTALLED_APPS=DJANGO_APPS,
+        DATABASES={
+            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": database},
+            "worker": {"ENGINE": "django.db.backends.sqlite3", "NAME": database},
+        },
+        DEFAULT_AUTO_FIELD="django.db.models.AutoField",
+        LOGGING_CONFIG=None,  # leave logging to pytest
+        EVENTLIB_ALWAYS_EAGER=True,
+        EVENTLIB_QUEUE="shop-events",
+    )
+    django.setup()
+    ready = DjangoReady(
+        conf.get_settings(),
+        frozenset(sys.modules),
+        HANDLER_REGISTRY._snapshot(),
+        dispatch._transaction_hook,
+    )
+    call_command("migrate", run_syncdb=True, verbosity=0)
+    HANDLER_REGISTRY._restore(registry_before)
+    dispatch.set_transaction_hook(hook_before)
+    return ready

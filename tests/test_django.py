@@ -1,10 +1,12 @@
 """``eventlib.contrib.django`` in a real Django project (tests/django_project)
 on an SQLite database file.
 
-Django can be set up only once per process, so the ``django_project`` fixture does it
-once for this module and, when the module is done, gives eventlib back the
-handler registry and transaction hook it had before; Django itself stays set
-up.  Each test then configures eventlib from the Django settings again, since
+Django can be set up only once per process: the session fixture
+``django_ready`` of tests/conftest.py does it, for this module and
+tests/test_django_http.py, whichever runs first.  The ``django_project``
+fixture gives this module's tests the handler registry and transaction hook
+``ready()`` installed, and gives eventlib back its own when the module is
+done.  Each test then configures eventlib from the Django settings again, since
 the ``isolation`` fixture resets eventlib's settings after every test.
 
 Handlers run eagerly, in this process.  The shop's handler reads the order
@@ -18,15 +20,11 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 
-import django
 import pytest
 from celery import Celery
 from django.apps import apps
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management import call_command
 from django.db import connections, transaction
 from django.test import override_settings
 
@@ -35,13 +33,8 @@ from eventlib import conf, dispatch
 from eventlib.contrib.django import configure_from_settings
 from eventlib.registry import HANDLER_REGISTRY
 
-TESTS = Path(__file__).parent
-INSTALLED_APPS = [
-    "django.contrib.contenttypes",
-    "eventlib.contrib.django",
-    "django_project.shop",
-    "django_project.notifications",
-]
+from .conftest import DJANGO_APPS, DjangoReady
+
 ORDER_PLACED = "django_project.shop.OrderPlaced"
 
 
@@ -70,36 +63,20 @@ class Project:
 
 
 @pytest.fixture(scope="module")
-def django_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
-    """Set Django up with tests/django_project and create its tables."""
+def django_project(django_ready: DjangoReady) -> Iterator[Project]:
+    """The project (tests/conftest.py sets Django up), with the handler
+    registry and transaction hook its ``ready()`` installed, given back to
+    eventlib as they were when the module is done."""
     registry_before = HANDLER_REGISTRY._snapshot()
     hook_before = dispatch._transaction_hook
-    added_to_path = str(TESTS) not in sys.path
-    if added_to_path:
-        sys.path.insert(0, str(TESTS))
-    database = str(tmp_path_factory.mktemp("django") / "db.sqlite3")
-    settings.configure(
-        INSTALLED_APPS=INSTALLED_APPS,
-        DATABASES={
-            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": database},
-            "worker": {"ENGINE": "django.db.backends.sqlite3", "NAME": database},
-        },
-        DEFAULT_AUTO_FIELD="django.db.models.AutoField",
-        LOGGING_CONFIG=None,  # leave logging to pytest
-        EVENTLIB_ALWAYS_EAGER=True,
-        EVENTLIB_QUEUE="shop-events",
-    )
-    django.setup()
-    settings_at_ready, modules_at_ready = conf.get_settings(), set(sys.modules)
-    call_command("migrate", run_syncdb=True, verbosity=0)
+    HANDLER_REGISTRY._restore(django_ready.registry)
+    dispatch.set_transaction_hook(django_ready.hook)
     try:
-        yield Project(settings_at_ready, modules_at_ready)
+        yield Project(django_ready.settings, set(django_ready.modules))
     finally:
         connections.close_all()
         HANDLER_REGISTRY._restore(registry_before)
         dispatch.set_transaction_hook(hook_before)
-        if added_to_path:
-            sys.path.remove(str(TESTS))
 
 
 @pytest.fixture
@@ -134,7 +111,7 @@ def test_ready_configures_eventlib_from_the_django_settings(project):
     assert apps.get_app_config("eventlib").name == "eventlib.contrib.django"
     assert project.settings_at_ready.always_eager is True
     assert project.settings_at_ready.queue == "shop-events"
-    assert project.settings_at_ready.apps == tuple(INSTALLED_APPS)
+    assert project.settings_at_ready.apps == tuple(DJANGO_APPS)
 
 
 # ------------------------------------------------------------ settings ---

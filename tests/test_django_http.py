@@ -1,11 +1,10 @@
 """The HTTP endpoint's Django views (``eventlib.contrib.django.views``),
 through Django's whole request stack with ``django.test.Client``.
 
-Django can be set up only once per process.  When tests/test_django.py ran
-first (pytest's order), this module uses Django as it left it; run alone, it
-sets Django up itself (tests/test_django.py, which sets Django up whatever
-the state, cannot run after it in the same process).  Either way, what the
-views need of the settings (this module as the URLconf,
+Django can be set up only once per process: the session fixture
+``django_ready`` of tests/conftest.py does it, for this module and
+tests/test_django.py, whichever runs first.  What the views need of the
+settings (this module as the URLconf,
 ``CsrfViewMiddleware``, ``ALLOWED_HOSTS``) is given with
 ``override_settings`` for the module, and eventlib's handler registry and
 transaction hook are given back when the module is done.  The static file's
@@ -30,7 +29,6 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
 
-import django
 import pytest
 from django.apps import apps
 from django.conf import settings
@@ -51,6 +49,8 @@ from eventlib.contrib.django.views import options_from_settings
 from eventlib.dispatch import spool_status
 from eventlib.http import Options, Response, make_application
 from eventlib.registry import HANDLER_REGISTRY
+
+from .conftest import DjangoReady
 
 SITE = "http://testserver"
 SCRIPT = files("eventlib") / "static" / "eventlib.js"
@@ -104,17 +104,11 @@ urlpatterns = [
 
 
 @pytest.fixture(scope="module")
-def django_site() -> Iterator[None]:
-    """Django, set up, with this module as the URLconf and CSRF enforced."""
+def django_site(django_ready: DjangoReady) -> Iterator[None]:
+    """Django (tests/conftest.py sets it up), with this module as the URLconf
+    and CSRF enforced."""
     registry_before = HANDLER_REGISTRY._snapshot()
     hook_before = dispatch._transaction_hook
-    if not settings.configured:
-        settings.configure(
-            INSTALLED_APPS=["eventlib.contrib.django"],
-            DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
-            LOGGING_CONFIG=None,  # leave logging to pytest
-        )
-        django.setup()
     with override_settings(
         ROOT_URLCONF=__name__,
         MIDDLEWARE=[
