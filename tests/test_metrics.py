@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
-import time
 
 import pytest
 
@@ -17,6 +15,7 @@ from eventlib import metrics
 from eventlib.dispatch import flush_spool, spool_status
 from eventlib.http import application
 
+from .forking import read_with_deadline
 from .http_server import serve
 
 #: Nothing listens on port 1: the connection is refused at once.
@@ -125,24 +124,6 @@ def test_the_counters_of_a_forked_child_start_from_zero_with_a_free_lock(shop):
 
     assert report == "0 1"
     assert counters("logged", "spooled") == {"logged": 2, "spooled": 0}
-
-
-def read_with_deadline(fd: int, pid: int, timeout: float) -> str:
-    """What the child wrote on ``fd`` once it exited; kill it and fail if it
-    has not exited within ``timeout`` seconds (a deadlock in the child)."""
-    deadline = time.monotonic() + timeout
-    while not os.waitpid(pid, os.WNOHANG)[0]:
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(fd)
-            pytest.fail(f"the forked child did not finish within {timeout} s")
-        time.sleep(0.01)
-    with os.fdopen(fd) as pipe:
-        return pipe.read()
-
-
-# ------------------------------------------------------------ log records ---
 
 
 def test_the_spooling_warning_names_the_event_in_its_extra_fields(shop, caplog):

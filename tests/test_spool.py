@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sqlite3
 import threading
 import time
@@ -12,6 +11,8 @@ import time
 import pytest
 
 from eventlib.spool import LEASE_SECONDS, Circuit, Flusher, Spool, SpooledEvent, SpoolStatus
+
+from .forking import read_with_deadline
 
 
 @pytest.fixture
@@ -336,7 +337,7 @@ def test_a_forked_child_flushes_with_a_flusher_of_its_own(tmp_path, moment):
         broker_gives_up.set()
         spool.release.set()
         flusher.stop()
-        report = _read_with_deadline(read, pid, timeout=30)
+        report = read_with_deadline(read, pid, timeout=30)
     finally:
         broker_gives_up.set()
         spool.release.set()
@@ -373,23 +374,3 @@ def _flush_in_child(spool: Spool, flusher: Flusher, waiting: bool) -> str:
         return "ok"
     except BaseException as error:  # the parent shows it
         return f"{type(error).__name__}: {error}"
-
-
-def _read_with_deadline(fd: int, pid: int, timeout: float) -> str:
-    """What the child wrote on ``fd`` once it exited; kill it and fail if it
-    has not exited within ``timeout`` seconds (a deadlock in the child)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(fd)
-            pytest.fail(f"the forked child did not finish within {timeout} s")
-        time.sleep(0.01)
-    with os.fdopen(fd) as pipe:
-        report = pipe.read()
-    assert os.waitstatus_to_exitcode(status) == 0, report
-    return report
