@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,17 +220,24 @@ def notify(event):
 
 
 class Worker:
-    """``eventlib worker`` in a process group of its own."""
+    """``eventlib worker`` in a process group of its own; ``command`` runs
+    another worker command instead (``["celery", "-A", "proj", "worker",
+    "--queues", "q"]``), with the same options."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, name: str) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        name: str,
+        command: Sequence[str] = ("eventlib", "worker"),
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "eventlib",
-                "worker",
+                *command,
                 "--loglevel=INFO",
                 "--concurrency=2",
                 "--without-mingle",

@@ -5,9 +5,6 @@ project's worker, started the usual way (``celery -A proj worker -Q
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from celery import Celery
 
@@ -25,42 +22,17 @@ app = Celery("proj", broker=os.environ["EVENTLIB_BROKER_URL"], include=["eventli
 """
 
 
-class CeleryWorker(Worker):
-    """``celery -A proj worker`` for the queue, in a process group of its own."""
-
-    def __init__(self, env: dict[str, str], log_path, queue: str) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "proj",
-                "worker",
-                "--queues",
-                queue,
-                "--loglevel=INFO",
-                "--concurrency=2",
-                "--without-mingle",
-                "--without-gossip",
-                "--hostname=proj@%h",
-            ],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
 @pytest.mark.parametrize("broker", ["amqp", "redis"], indirect=True)
 def test_events_published_with_the_users_app_are_processed_by_its_worker(
     project, isolation, broker
 ):
     isolation.write("proj/__init__.py", USER_APP)
-    worker = CeleryWorker(
-        project.environment(), project.tmp_path / "celery.log", project.settings["EVENTLIB_QUEUE"]
+    queue = project.settings["EVENTLIB_QUEUE"]
+    worker = Worker(
+        project.environment(),
+        project.tmp_path / "celery.log",
+        "proj",
+        command=["celery", "-A", "proj", "worker", "--queues", queue],
     )
     project.workers.append(worker)
     worker.wait_ready()
