@@ -281,6 +281,15 @@ def test_autodiscover_skips_an_app_without_events_module(apps):
     assert "crm" in sys.modules
 
 
+def test_autodiscover_imports_the_events_module_of_a_dotted_app(isolation):
+    isolation.write("shop/orders/events.py", REFUND)
+
+    found = eventlib.autodiscover(["shop.orders"])
+
+    assert found == {"shop.orders": sys.modules["shop.orders.events"]}
+    assert find_event("shop.orders.Refund") is sys.modules["shop.orders.events"].Refund
+
+
 def test_autodiscover_without_apps_finds_nothing():
     assert eventlib.autodiscover() == {}
     assert eventlib.autodiscover([]) == {}
