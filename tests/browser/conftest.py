@@ -5,13 +5,17 @@ The browser is launched once per module (``browser``); every test gets a
 context and a page of its own (``page``, ``page_log``) and a server of its
 own (``site``).  The server is wsgiref's, threaded, on 127.0.0.1 and a free
 port: handlers run in its request threads, in this process, when the test
-configures ``always_eager``.
+configures ``always_eager``.  ``site.hold(path)`` makes it hold requests, as a
+slow network would, to tell the requests a browser keeps alive when the page
+goes away from those it cancels.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +42,9 @@ TIMEOUT = 10.0  # seconds, for anything the browser or the server should do
 LAUNCH_TIMEOUT = 120.0  # seconds: Chromium starts slowly on a loaded machine
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+#: The environ key under which the handler passes the request's socket to
+#: ``Site`` (which removes it before a mounted application sees the environ).
+CONNECTION = "eventlib.tests.connection"
 
 
 def browser_required() -> bool:
@@ -83,8 +90,64 @@ class _Server(ThreadingMixIn, WSGIServer):
 class _QuietHandler(WSGIRequestHandler):
     timeout = TIMEOUT  # an idle connection the browser opened ends, eventually
 
+    def get_environ(self) -> dict[str, Any]:
+        environ = super().get_environ()
+        environ[CONNECTION] = self.connection
+        return environ
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+def hung_up(connection: socket.socket, within: float) -> bool:
+    """Whether the client closes ``connection`` within ``within`` seconds (it
+    returns as soon as it does).  Called once a request's body is read: a
+    browser sends nothing more on the connection until it has the answer, so
+    anything readable is the end of the stream."""
+    readable, _, _ = select.select([connection], [], [], within)
+    if not readable:
+        return False
+    try:
+        return connection.recv(1, socket.MSG_PEEK) == b""
+    except OSError:  # reset
+        return True
+
+
+@dataclass
+class Hold:
+    """Requests to ``path`` that the server holds, body read, until the test
+    calls ``release()`` (or ``TIMEOUT`` passes), as a slow network would.
+
+    Over loopback a request is at the server before the page that sent it can
+    go away, so a request the browser cancels with its page still arrives.
+    A held request is answered only if its client still waits for the answer
+    when released (``grace`` seconds after, at most): one whose client hung
+    up is dropped, never reaching the mounted application, as a request that
+    had not got through the network by then would be.
+
+    ``arrived`` counts the requests held; ``outcomes`` lists, in order, what
+    became of each one: ``"answered"`` or ``"dropped"``.
+    """
+
+    path: str
+    grace: float = 0.5
+    arrived: int = 0
+    outcomes: list[str] = field(default_factory=list)
+    _released: threading.Event = field(default_factory=threading.Event, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def release(self) -> None:
+        self._released.set()
+
+    def keep(self, connection: socket.socket) -> bool:
+        """Hold a request (in its server thread); whether to answer it."""
+        with self._lock:
+            self.arrived += 1
+        self._released.wait(TIMEOUT)
+        kept = not hung_up(connection, self.grace)
+        with self._lock:
+            self.outcomes.append("answered" if kept else "dropped")
+        return kept
 
 
 @dataclass
@@ -95,13 +158,15 @@ class Site:
     path goes to the application mounted at the longest matching prefix of
     ``mounts`` (by default ``/event``: ``make_application()``), which gets
     the environ unchanged.  ``received`` lists what the mounted applications
-    answered; ``errors`` the exceptions they raised.
+    answered; ``errors`` the exceptions they raised; ``holds`` the paths whose
+    requests the server holds (``hold()``).
     """
 
     pages: dict[str, str] = field(default_factory=dict)
     mounts: dict[str, WSGIApp] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
+    holds: dict[str, Hold] = field(default_factory=dict)
     port: int = 0
     _active: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -117,14 +182,21 @@ class Site:
         self.pages[path] = html
         return self.url(path)
 
+    def hold(self, path: str, grace: float = 0.5) -> Hold:
+        """Hold the requests to ``path`` (a mounted application's) until the
+        returned ``Hold`` is released: see ``Hold``."""
+        self.holds[path] = Hold(path, grace=grace)
+        return self.holds[path]
+
     def requests_to(self, path: str) -> list[Received]:
         return [request for request in list(self.received) if request.path == path]
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         with self._lock:
             self._active += 1
+        connection = environ.pop(CONNECTION)
         try:
-            return self._route(environ, start_response)
+            return self._route(environ, start_response, connection)
         except BaseException as error:
             self.errors.append(error)
             raise
@@ -132,7 +204,12 @@ class Site:
             with self._lock:
                 self._active -= 1
 
-    def _route(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    def _route(
+        self,
+        environ: dict[str, Any],
+        start_response: Callable[..., Any],
+        connection: socket.socket,
+    ) -> list[bytes]:
         path = environ.get("PATH_INFO", "")
         if path in self.pages:
             body = self.pages[path].encode("utf-8")
@@ -153,14 +230,24 @@ class Site:
         if not prefixes:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"no page here"]
-        return self._record(self.mounts[max(prefixes, key=len)], environ, start_response)
+        return self._record(
+            self.mounts[max(prefixes, key=len)], environ, start_response, connection
+        )
 
     def _record(
-        self, app: WSGIApp, environ: dict[str, Any], start_response: Callable[..., Any]
+        self,
+        app: WSGIApp,
+        environ: dict[str, Any],
+        start_response: Callable[..., Any],
+        connection: socket.socket,
     ) -> list[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length > 0 else b""
         environ["wsgi.input"] = io.BytesIO(body)
+        hold = self.holds.get(environ.get("PATH_INFO", ""))
+        if hold is not None and not hold.keep(connection):
+            start_response("499 Client Closed Request", [("Content-Type", "text/plain")])
+            return [b""]
         statuses: list[int] = []
 
         def recording_start_response(status: str, headers: list, exc_info: Any = None) -> Any:
@@ -205,6 +292,8 @@ def site(isolation) -> Iterator[Site]:
     try:
         yield built
     finally:
+        for hold in list(built.holds.values()):
+            hold.release()
         server.shutdown()
         server.server_close()
         thread.join(TIMEOUT)

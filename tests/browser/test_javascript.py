@@ -88,6 +88,77 @@ window.transportCalls = {beacon: 0, fetch: 0, xhr: 0};
   };
 })();
 """
+#: COUNT_TRANSPORTS for a test that leaves the page: the counts are kept in the
+#: tab's sessionStorage, which the next page reads.
+COUNT_TRANSPORTS_ACROSS_PAGES = """
+(function () {
+  function count(transport) {
+    var calls = JSON.parse(sessionStorage.getItem("transportCalls"))
+      || {beacon: 0, fetch: 0, xhr: 0};
+    calls[transport] += 1;
+    sessionStorage.setItem("transportCalls", JSON.stringify(calls));
+  }
+  var beacon = navigator.sendBeacon;
+  navigator.sendBeacon = function () {
+    count("beacon");
+    return beacon.apply(navigator, arguments);
+  };
+  var fetch = window.fetch;
+  window.fetch = function () {
+    count("fetch");
+    return fetch.apply(window, arguments);
+  };
+  var send = XMLHttpRequest.prototype.send;
+  XMLHttpRequest.prototype.send = function () {
+    count("xhr");
+    return send.apply(this, arguments);
+  };
+})();
+"""
+#: Records, in window.sent, the calls to sendBeacon (if there is one), the
+#: init of each call to fetch, and the calls to XHR's send; run in the page
+#: before its scripts, after whatever replaces a transport.
+RECORD_TRANSPORTS = """
+window.sent = {beacon: 0, fetch: [], xhr: 0};
+(function () {
+  var beacon = navigator.sendBeacon;
+  if (beacon) {
+    navigator.sendBeacon = function () {
+      sent.beacon += 1;
+      return beacon.apply(navigator, arguments);
+    };
+  }
+  var fetch = window.fetch;
+  window.fetch = function (target, init) {
+    sent.fetch.push({
+      method: init ? init.method : null,
+      keepalive: init ? init.keepalive : null,
+    });
+    return fetch.apply(window, arguments);
+  };
+  var send = XMLHttpRequest.prototype.send;
+  XMLHttpRequest.prototype.send = function () {
+    sent.xhr += 1;
+    return send.apply(this, arguments);
+  };
+})();
+"""
+#: Browsers without a usable navigator.sendBeacon, to run before the scripts.
+UNUSABLE_BEACONS = {
+    "missing": "delete Navigator.prototype.sendBeacon;",
+    "refusing": "navigator.sendBeacon = function () { return false; };",
+    "throwing": (
+        "navigator.sendBeacon = function () { throw new TypeError('Illegal invocation'); };"
+    ),
+}
+#: A fetch failing as it does when the network fails: its Promise rejects with
+#: a TypeError; or, as a broken polyfill might, it throws.
+FAILING_FETCHES = {
+    "rejecting": (
+        "window.fetch = function () { return Promise.reject(new TypeError('Failed to fetch')); };"
+    ),
+    "throwing": "window.fetch = function () { throw new TypeError('Failed to fetch'); };",
+}
 
 
 def html(body: str, head: str = "") -> str:
@@ -156,10 +227,25 @@ def test_a_click_logs_an_event_through_the_seeds_yipit_event_log(site, page, dea
     assert request.headers["origin"] == site.url("")
 
 
-@pytest.mark.parametrize("transport", [None, "fetch"], ids=["beacon", "fetch-keepalive"])
+@pytest.mark.parametrize(
+    ("setup", "options", "transports"),
+    [
+        ("", "{}", {"beacon": 1, "fetch": 0, "xhr": 0}),
+        ("", "{transport: 'fetch'}", {"beacon": 0, "fetch": 1, "xhr": 0}),
+        (UNUSABLE_BEACONS["refusing"], "{}", {"beacon": 1, "fetch": 1, "xhr": 0}),
+    ],
+    ids=["beacon", "fetch-keepalive", "beacon-refused-then-fetch"],
+)
 @pytest.mark.parametrize("leave", ["link", "location"])
-def test_an_event_logged_right_before_navigating_away_arrives(site, page, deals, transport, leave):
-    options = f"{{transport: '{transport}'}}" if transport else "{}"
+def test_an_event_logged_right_before_navigating_away_arrives(
+    site, page, deals, setup, options, transports, leave
+):
+    # Over loopback even a request the browser cancels with its page (a plain
+    # fetch, an XHR) is at the server before the page is gone.  So the server
+    # holds the log request until the next page is shown, and answers it only
+    # if the browser still waits for the answer then.
+    held = site.hold("/event/log")
+    page.add_init_script(setup + COUNT_TRANSPORTS_ACROSS_PAGES)
     call = f"eventlib.log('deals.DealClick', {{deal_id: 7}}, {options})"
     if leave == "link":  # the click follows the link once the handler returns
         control = f'<a id="go" href="/deals/7" onclick="{call}">The deal</a>'
@@ -172,8 +258,16 @@ def test_an_event_logged_right_before_navigating_away_arrives(site, page, deals,
 
     page.wait_for_url(site.url("/deals/7"))
     assert page.text_content("h1") == "Deal 7"
+    wait_for(lambda: held.arrived, what="the log request to reach the server")
+    assert deals.RECEIVED == []  # still held
+    held.release()
+    outcomes = wait_for(lambda: held.outcomes, what="the held request to be answered or dropped")
+    assert outcomes == ["answered"], "the browser gave up the log request with the page"
     (event,) = wait_for(lambda: deals.RECEIVED, what="the event logged before leaving")
     assert event.data == {"deal_id": 7}
+    (request,) = wait_for(lambda: log_requests(site))
+    assert request.status == 202
+    assert page.evaluate("JSON.parse(sessionStorage.getItem('transportCalls'))") == transports
 
 
 def test_an_event_logged_as_the_page_goes_away_arrives(site, page, deals):
@@ -194,6 +288,50 @@ def test_an_event_logged_as_the_page_goes_away_arrives(site, page, deals):
 
     (event,) = wait_for(lambda: deals.RECEIVED, what="the event logged on pagehide")
     assert event.data == {"deal_id": 8, "leaving": True}
+
+
+# ------------------------------------------------------------ fallbacks ---
+
+
+@pytest.mark.parametrize("beacon", sorted(UNUSABLE_BEACONS))
+def test_without_a_usable_beacon_the_event_goes_by_fetch_with_keepalive(site, page, deals, beacon):
+    page.add_init_script(UNUSABLE_BEACONS[beacon] + RECORD_TRANSPORTS)
+    page.goto(site.page(html(SCRIPT)))
+    assert page.evaluate("'sendBeacon' in navigator") is (beacon != "missing")
+
+    result = log_result(page, "eventlib.log('deals.DealClick', {deal_id: 9})")
+
+    (event,) = wait_for(lambda: deals.RECEIVED)
+    assert event.data == {"deal_id": 9}
+    assert result == {"resolved": event.id}  # fetch tells the id, a beacon cannot
+    assert page.evaluate("sent") == {
+        "beacon": 0 if beacon == "missing" else 1,
+        "fetch": [{"method": "POST", "keepalive": True}],
+        "xhr": 0,
+    }
+    assert [request.status for request in log_requests(site)] == [202]
+
+
+@pytest.mark.parametrize("failure", sorted(FAILING_FETCHES))
+def test_when_fetch_fails_on_the_network_one_xhr_sends_the_event(site, page, deals, failure):
+    page.add_init_script(
+        UNUSABLE_BEACONS["refusing"] + FAILING_FETCHES[failure] + RECORD_TRANSPORTS
+    )
+    page.goto(site.page(html(SCRIPT)))
+
+    result = log_result(page, "eventlib.log('deals.DealClick', {deal_id: 10})")
+
+    (event,) = wait_for(lambda: deals.RECEIVED)
+    assert event.data == {"deal_id": 10}
+    assert result == {"resolved": event.id}  # the XHR's answer
+    assert page.evaluate("sent") == {
+        "beacon": 1,
+        "fetch": [{"method": "POST", "keepalive": True}],
+        "xhr": 1,
+    }
+    (request,) = wait_for(lambda: log_requests(site))  # fetch never reached the server
+    assert request.status == 202
+    assert json.loads(request.body) == {"data": {"deal_id": 10}}
 
 
 # ------------------------------------------------------------- promises ---
@@ -252,6 +390,13 @@ def test_a_rejection_nobody_handles_is_not_reported_in_the_page(site, page, page
 
     reports = page.evaluate(
         """async () => {
+          const within = (promise, what) => {  // a hang would be no failure
+            let timer;
+            const expired = new Promise((resolve, reject) => {
+              timer = setTimeout(() => reject(new Error("waited in vain for " + what)), 10000);
+            });
+            return Promise.race([promise, expired]).finally(() => clearTimeout(timer));
+          };
           const reports = [];
           addEventListener("unhandledrejection", (event) => {
             reports.push(event.reason && event.reason.message);
@@ -269,15 +414,15 @@ def test_a_rejection_nobody_handles_is_not_reported_in_the_page(site, page, page
           // Neither Promise is handled: a refusal, and data JSON cannot encode.
           eventlib.log("deals.Refund", {order_id: 3}, {transport: "fetch"});
           eventlib.log("deals.DealClick", circular);
-          await answered;  // eventlib.js has read the server's 403
+          await within(answered, "eventlib.js to read the answer");  // the server's 403
           await new Promise((resolve) => setTimeout(resolve, 0));
           // Reports come in order: once this one is in, any earlier would be.
           Promise.reject(new Error("control"));
-          await new Promise((resolve) => {
+          await within(new Promise((resolve) => {
             (function check() {
               reports.includes("control") ? resolve() : setTimeout(check, 5);
             })();
-          });
+          }), "the control's report");
           Response.prototype.text = text;
           return reports;
         }"""
