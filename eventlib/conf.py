@@ -41,7 +41,7 @@ class Settings:
     #: The Celery queue events are sent to.
     queue: str = "eventlib"
     #: Seconds ``log()`` may wait for the broker (connecting, then each
-    #: socket operation) before it raises ``DispatchError``.
+    #: socket operation) before it keeps the event in the spool instead.
     broker_timeout: float = 2.0
     #: Extra ``broker_transport_options`` for eventlib's own Celery app (for
     #: Redis, ``visibility_timeout``); JSON in the environment.

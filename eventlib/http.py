@@ -34,11 +34,12 @@ import hashlib
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .conf import get_settings
@@ -51,6 +52,9 @@ from .exceptions import (
     SerializationError,
     ValidationError,
 )
+
+if TYPE_CHECKING:
+    from .event import BaseEvent
 
 logger = logging.getLogger("eventlib")
 
@@ -80,7 +84,7 @@ class Options:
     trusted_proxies: int = 0
     #: Largest request body accepted, in bytes (413 above it).
     max_body: int = 16 * 1024
-    #: Most data keys in one request.
+    #: Most data keys in one request, counting the keys of nested objects.
     max_parameters: int = 64
     #: Longest key and longest string value, in characters.
     max_key_length: int = 128
@@ -137,7 +141,9 @@ def handle_log(request: Request, options: Options) -> Response:
 
     Answers 202 ``{"id": ...}`` when the event was accepted, and
     ``{"error": message}`` otherwise: 400 for a missing or malformed event
-    name, a malformed body or invalid data; 403 for a foreign origin or an
+    name, a malformed body or invalid data (a ``ValidationError`` of the
+    event's ``clean()``, or any other exception it raises, logged with its
+    traceback); 403 for a foreign origin or an
     event that is not public; 404 for an unknown event; 405 for any method but
     POST (and OPTIONS); 413 for a body over ``max_body``; 415 for an
     unsupported content type; 503 when the broker cannot take the event.
@@ -181,7 +187,8 @@ def _log(request: Request, options: Options, cors: tuple[tuple[str, str], ...]) 
             or parsed.module in sys.modules
         ):
             # Importing <app>.events imports every package above it: never
-            # for a name a client chose outside the configured apps.
+            # for a name a client chose outside the configured apps (an
+            # events module already imported costs nothing to look in).
             raise EventNotFound(f"There is no event named {parsed.event} in the {parsed.app} app")
         event_class = find_event(name)
     except InvalidEventName as error:
@@ -211,7 +218,28 @@ def _log(request: Request, options: Options, cors: tuple[tuple[str, str], ...]) 
         raise RequestError(
             HTTPStatus.SERVICE_UNAVAILABLE, "the event could not be queued; try again later"
         ) from None
+    except Exception as error:
+        if not _raised_in_clean(error, event_class):
+            raise
+        # A bug of the event's, but the data sent made it show: the client
+        # gets a 400, the traceback goes to the log.
+        logger.exception(
+            "The clean() of the event %s raised on data sent over HTTP",
+            name,
+            extra={"eventlib_event": name, "eventlib_event_id": None, "eventlib_handler": None},
+        )
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST,
+            f"invalid data for the event {name}: its clean() raised {type(error).__name__}",
+        ) from None
     return Response(HTTPStatus.ACCEPTED, {"id": event_id}, cors)
+
+
+def _raised_in_clean(error: BaseException, event_class: type[BaseEvent]) -> bool:
+    """Whether ``error`` was raised in the ``clean()`` of ``event_class``
+    (or in what it called)."""
+    clean = getattr(event_class.clean, "__code__", None)
+    return any(frame.f_code is clean for frame, _ in traceback.walk_tb(error.__traceback__))
 
 
 def _error(status: HTTPStatus, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
@@ -317,12 +345,9 @@ def _read_json(raw: bytes) -> tuple[str | None, dict[str, Any]]:
 
 
 def _check_data(data: dict[str, Any], options: Options) -> None:
-    if len(data) > options.max_parameters:
-        raise RequestError(
-            HTTPStatus.BAD_REQUEST,
-            f"{len(data)} keys is over the limit of {options.max_parameters}",
-        )
-    for key, value, depth in _walk(data):
+    keys = 0
+    for key, value, depth, is_key in _walk(data):
+        keys += is_key
         if depth > options.max_depth:
             raise RequestError(
                 HTTPStatus.BAD_REQUEST,
@@ -338,21 +363,25 @@ def _check_data(data: dict[str, Any], options: Options) -> None:
                 HTTPStatus.BAD_REQUEST,
                 f"the value of {key[:40]!r} is over {options.max_value_length} characters",
             )
+    if keys > options.max_parameters:
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST, f"{keys} keys is over the limit of {options.max_parameters}"
+        )
 
 
-def _walk(data: dict[str, Any]) -> Iterator[tuple[str, Any, int]]:
-    """Every (key, value, depth) of nested JSON data, without recursion;
-    list items keep their list's key."""
+def _walk(data: dict[str, Any]) -> Iterator[tuple[str, Any, int, bool]]:
+    """Every (key, value, depth, whether it is an object's key) of nested
+    JSON data, without recursion; list items keep their list's key."""
     stack: list[tuple[str, Any, int]] = [("", data, 0)]
     while stack:
         key, value, depth = stack.pop()
         if isinstance(value, dict):
             for inner_key, inner in value.items():
-                yield inner_key, inner, depth + 1
+                yield inner_key, inner, depth + 1, True
                 stack.append((inner_key, inner, depth + 1))
         elif isinstance(value, list):
             for item in value:
-                yield key, item, depth + 1
+                yield key, item, depth + 1, False
                 stack.append((key, item, depth + 1))
 
 

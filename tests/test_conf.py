@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from dataclasses import fields
 
 import pytest
 from sure import expect
@@ -297,6 +298,38 @@ def test_settings_from_an_explicit_mapping():
         queue="events",
     )
     assert settings.celery_app is None
+
+
+def test_every_setting_can_come_from_the_environment(isolation):
+    isolation.write("proj/celery.py", "from celery import Celery\napp = Celery('proj')\n")
+    settings = settings_from_env(
+        {
+            "EVENTLIB_ALWAYS_EAGER": "1",
+            "EVENTLIB_RAISE_ERRORS": "0",
+            "EVENTLIB_APPS": "shop",
+            "EVENTLIB_BROKER_URL": "redis://broker:6379/1",
+            "EVENTLIB_QUEUE": "events",
+            "EVENTLIB_BROKER_TIMEOUT": "0.5",
+            "EVENTLIB_BROKER_TRANSPORT_OPTIONS": '{"visibility_timeout": 60}',
+            "EVENTLIB_ON_COMMIT": "true",
+            "EVENTLIB_SPOOL_PATH": "/var/spool/eventlib.sqlite",
+            "EVENTLIB_SPOOL_PROBE_INTERVAL": "2.5",
+            "EVENTLIB_DEAD_LETTER_URL": "sqlite:////var/lib/dead.sqlite",
+            "EVENTLIB_CELERY_APP": "proj.celery:app",
+        }
+    )
+    defaults = Settings()
+
+    for setting in fields(Settings):
+        value = getattr(settings, setting.name)
+        assert value != getattr(defaults, setting.name), f"{setting.name} kept its default"
+    assert settings.broker_timeout == 0.5
+    assert settings.spool_probe_interval == 2.5
+    assert settings.broker_transport_options == {"visibility_timeout": 60}
+    assert settings.spool_path == "/var/spool/eventlib.sqlite"
+    assert settings.dead_letter_url == "sqlite:////var/lib/dead.sqlite"
+    assert settings.on_commit is True
+    assert settings.celery_app is importlib.import_module("proj.celery").app
 
 
 def test_settings_from_env_defaults_to_os_environ(monkeypatch):

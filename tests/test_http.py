@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import eventlib
+from eventlib import http
 from eventlib.dispatch import spool_status
 from eventlib.http import application, make_application
 
@@ -677,13 +678,32 @@ def test_an_event_neither_broker_nor_spool_can_take_answers_503(server, deals, c
 # ------------------------------------------------------- failures: 500, 202 ---
 
 
-def test_a_clean_that_raises_answers_a_json_500_and_logs_it(server, deals, caplog):
+def test_a_clean_that_raises_answers_400_and_logs_the_traceback(server, deals, caplog):
     reply = post(server, "__event__=deals.Broken&other=1")
+
+    assert_error(reply, 400, "invalid data for the event deals.Broken: its clean() raised KeyError")
+    [record] = [r for r in caplog.records if r.name == "eventlib" and r.levelno == logging.ERROR]
+    assert record.getMessage() == (
+        "The clean() of the event deals.Broken raised on data sent over HTTP"
+    )
+    assert isinstance(record.exc_info[1], KeyError)
+    assert record.eventlib_event == "deals.Broken"
+    assert deals.RECEIVED == []
+
+
+def test_an_error_of_the_endpoint_itself_answers_a_json_500_and_logs_it(
+    server, deals, caplog, monkeypatch
+):
+    def broken_log_event(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(http, "log_event", broken_log_event)
+    reply = post(server, "__event__=deals.DealClick&deal_id=1")
 
     assert_error(reply, 500, "internal error, logged")
     [record] = [r for r in caplog.records if r.name == "eventlib" and r.levelno == logging.ERROR]
     assert record.getMessage() == "The HTTP endpoint failed on POST /event/log"
-    assert isinstance(record.exc_info[1], KeyError)
+    assert isinstance(record.exc_info[1], RuntimeError)
     assert server.errors == []  # not wsgiref's plain-text 500
 
 
@@ -882,6 +902,18 @@ def test_the_number_of_parameters_is_limited(server, deals):
     assert_error(reply, 400, "65 keys is over the limit of 64")
 
 
+def test_the_keys_of_nested_objects_count_towards_the_limit(server, deals):
+    nested = {"a": {f"k{i}": {"x": i} for i in range(32)}}  # 1 + 32 + 32 keys
+
+    assert_error(
+        post_json(server, as_json("deals.DealClick", nested)),
+        400,
+        "65 keys is over the limit of 64",
+    )
+    del nested["a"]["k31"]
+    assert accepted(post_json(server, as_json("deals.DealClick", nested)), deals)
+
+
 def test_max_parameters_is_an_option(serve_with, deals):
     server = serve_with(max_parameters=2)
 
@@ -1037,6 +1069,23 @@ def test_an_event_name_imports_nothing_outside_the_apps(server, isolation):
     assert "notanapp" not in sys.modules
 
 
+def test_an_events_module_the_server_imported_is_served_outside_the_apps(server, isolation):
+    isolation.write(
+        "partner/events.py",
+        """
+        from eventlib import BaseEvent
+
+        class Visit(BaseEvent):
+            public = True
+        """,
+    )
+
+    assert_error(post(server, "__event__=partner.Visit"), 404)
+    assert "partner.events" not in sys.modules
+    importlib.import_module("partner.events")
+    assert post(server, "__event__=partner.Visit&page=home").status == 202
+
+
 # ------------------------------------------------------ property-based test ---
 
 SAME_HOST = "127.0.0.1"
@@ -1050,6 +1099,7 @@ NAMES = [
     "deals.Nope",
     "deals.Checkout",
     "deals.Failing",
+    "deals.Broken",  # its clean() raises KeyError without 'deal': a 400
     "deals.BaseEvent",
     "nowhere.Thing",
     "deals",

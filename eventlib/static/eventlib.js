@@ -5,8 +5,9 @@
  *   <script>eventlib.log('deals.DealClick', {deal_id: 42});</script>
  *
  * eventlib.log(name, data, options) works like Python's eventlib.log(): it
- * POSTs {"event": name, "data": data} as JSON to the endpoint (by default the
- * "log" next to this script, /event/log) and returns a Promise. The seed's
+ * POSTs {"data": data} as JSON to the endpoint (by default the "log" next to
+ * this script, /event/log), with the name in its query string
+ * (?__event__=name), and returns a Promise. The seed's
  * yipit.event.log is the same function.
  *
  * Transports, in order: navigator.sendBeacon, which the browser delivers even
