@@ -51,7 +51,8 @@ PUBLISH_RETRY_POLICY = {
     "interval_max": 0,
 }
 
-_user_producers: dict[tuple[int, int], ProducerPool] = {}
+#: Producer pools by (process id, id of the app); see :func:`_producers`.
+_producer_pools: dict[tuple[int, int], ProducerPool] = {}
 
 _circuit = Circuit()
 _flusher = Flusher()
@@ -138,7 +139,11 @@ def log_event(
             name,
             error,
             ", ".join(map(str, data)) or "none",
-            extra={"eventlib_event": name, "eventlib_event_id": event.id},
+            extra={
+                "eventlib_event": name,
+                "eventlib_event_id": event.id,
+                "eventlib_handler": None,
+            },
         )
         return None
     payload = serialize_event(event)
@@ -174,7 +179,7 @@ def _send(name: str, event_id: str, payload: str, settings: Settings) -> None:
         _spool(app, settings, name, event_id, payload, None)
         return
     try:
-        _publish(app, settings.queue, name, event_id, payload)
+        published = _publish(app, settings.queue, name, event_id, payload, unless_circuit_open=True)
     except Exception as error:
         _circuit.trip()
         logger.warning(
@@ -189,10 +194,32 @@ def _send(name: str, event_id: str, payload: str, settings: Settings) -> None:
             },
         )
         _spool(app, settings, name, event_id, payload, error)
+        return
+    if not published:
+        _spool(app, settings, name, event_id, payload, None)
 
 
-def _publish(app: Celery, queue: str, name: str, event_id: str, payload: str) -> None:
-    with _producers(app).acquire(block=True) as producer:
+def _publish(
+    app: Celery,
+    queue: str,
+    name: str,
+    event_id: str,
+    payload: str,
+    *,
+    unless_circuit_open: bool = False,
+) -> bool:
+    """Publish the event; return whether it was published.
+
+    A connection is waited for at most ``broker_timeout`` seconds (kombu's
+    ``LimitExceeded`` when every connection of the pool stays busy).  With
+    ``unless_circuit_open``, an event whose connection came only after
+    another thread found the broker down is not published (``False``): when
+    many threads log at once, only the first ones try the network.
+    """
+    timeout = get_settings().broker_timeout
+    with _producers(app).acquire(block=True, timeout=timeout) as producer:
+        if unless_circuit_open and _circuit.is_open:
+            return False
         app.tasks[TASK_NAME].apply_async(
             args=(name, payload),
             task_id=event_id,
@@ -201,24 +228,25 @@ def _publish(app: Celery, queue: str, name: str, event_id: str, payload: str) ->
             retry=True,
             retry_policy=PUBLISH_RETRY_POLICY,
         )
+    return True
 
 
 def _producers(app: Celery) -> ProducerPool:
-    """The producers events are published with.
-
-    eventlib's own app already has bounded connections.  A user's app keeps
-    its own for its own tasks, and eventlib publishes through a pool of
-    connections to the same broker with eventlib's timeouts and publisher
+    """The producers events are published with: a pool of eventlib's own
+    for ``app`` and this process, with eventlib's timeouts and publisher
     confirms (:func:`publish_transport_options`), so that ``log()`` cannot
-    hang on Celery's defaults either.  One pool per app and process.
+    hang on a user's app's settings either; the app's other tasks are left
+    to its own pool.
+
+    A forked child gets pools of its own: kombu shares one producer pool per
+    broker URL across apps, which a forked child would inherit along with
+    its parent's sockets.
     """
-    if app is _own_app:
-        return app.producer_pool  # type: ignore[no-any-return]
     key = (os.getpid(), id(app))
-    pool = _user_producers.get(key)
+    pool = _producer_pools.get(key)
     if pool is None:
         with _app_lock:
-            pool = _user_producers.get(key)
+            pool = _producer_pools.get(key)
             if pool is None:
                 settings = get_settings()
                 connection = app.connection_for_write(
@@ -226,7 +254,7 @@ def _producers(app: Celery) -> ProducerPool:
                     transport_options=publish_transport_options(app, settings),
                 )
                 limit = app.conf.broker_pool_limit
-                pool = _user_producers[key] = ProducerPool(connection.Pool(limit), limit=limit)
+                pool = _producer_pools[key] = ProducerPool(connection.Pool(limit), limit=limit)
     return pool
 
 
@@ -403,8 +431,9 @@ def _drop_own_app(_: Settings) -> None:
     global _own_app
     with _app_lock:
         old, _own_app = _own_app, None
-        pools = [pool for (pid, _), pool in _user_producers.items() if pid == os.getpid()]
-        _user_producers.clear()
+        pools = [pool for (pid, _), pool in _producer_pools.items() if pid == os.getpid()]
+        # Another process's pools are forgotten, never closed from here.
+        _producer_pools.clear()
     for pool in pools:
         pool.connections.force_close_all()
         pool.force_close_all()
@@ -416,3 +445,14 @@ def _drop_own_app(_: Settings) -> None:
 
 
 on_change(_drop_own_app)
+
+
+def _forget_connections_in_child() -> None:
+    """A forked child builds its own producer pools (they are by process),
+    and must not wait for a lock another thread of its parent held at the
+    moment of the fork."""
+    global _app_lock
+    _app_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_connections_in_child)

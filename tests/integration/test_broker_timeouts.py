@@ -86,6 +86,35 @@ def test_a_silent_broker_costs_one_timeout_then_events_are_spooled(shop, silent_
     assert_log_never_waits_long(SCHEMES[scheme].format(port=silent_port), app)
 
 
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_many_threads_against_a_silent_broker_each_wait_at_most_about_the_timeout(
+    shop, silent_port, scheme
+):
+    """More threads than the pool has connections log at once: those that
+    get a connection after the circuit opened spool without trying the
+    network, so no call waits for the timeouts of the calls before it."""
+    url = SCHEMES[scheme].format(port=silent_port)
+    eventlib.configure(broker_url=url, broker_timeout=TIMEOUT, spool_probe_interval=60)
+    threads = 100
+    timings: list[float] = []
+    start = threading.Barrier(threads)
+
+    def log_one() -> None:
+        start.wait()
+        started = time.monotonic()
+        eventlib.log("shop.Purchase", {"sku": "a"})
+        timings.append(time.monotonic() - started)
+
+    callers = [threading.Thread(target=log_one, daemon=True) for _ in range(threads)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(BOUND + 30)
+    assert len(timings) == threads, f"{threads - len(timings)} log() calls blocked or raised"
+    assert max(timings) < BOUND, f"the slowest log() took {max(timings):.3f}s against {url}"
+    assert spool_status().count == threads
+
+
 def test_dispatch_error_when_the_spool_cannot_be_written_either(shop, refusing_port, tmp_path):
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
