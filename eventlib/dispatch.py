@@ -259,9 +259,9 @@ def _producers(app: Celery) -> ProducerPool:
 
 
 def publish_transport_options(app: Celery, settings: Settings) -> dict[str, Any]:
-    """The transport options eventlib publishes with on a user's ``app``:
-    the app's own, then eventlib's timeouts and confirms for its broker, then
-    eventlib's ``broker_transport_options`` setting."""
+    """The transport options eventlib publishes with on ``app`` (its own or
+    a user's): the app's own, then eventlib's timeouts and confirms for its
+    broker, then eventlib's ``broker_transport_options`` setting."""
     url = app.conf.broker_write_url or app.conf.broker_url or "amqp://"
     return {
         **app.conf.broker_transport_options,
@@ -431,9 +431,10 @@ def _drop_own_app(_: Settings) -> None:
     global _own_app
     with _app_lock:
         old, _own_app = _own_app, None
-        pools = [pool for (pid, _), pool in _producer_pools.items() if pid == os.getpid()]
-        # Another process's pools are forgotten, never closed from here.
-        _producer_pools.clear()
+        # Only this process's pools: a parent's, inherited by a fork, stay
+        # referenced, since collecting them could shut its sockets.
+        mine = [key for key in _producer_pools if key[0] == os.getpid()]
+        pools = [_producer_pools.pop(key) for key in mine]
     for pool in pools:
         pool.connections.force_close_all()
         pool.force_close_all()
