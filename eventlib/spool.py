@@ -99,14 +99,14 @@ class Spool:
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != os.getpid():
+        if connection is None:  # a forked child starts with none (_after_fork_in_child)
             connection = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=True
             )
             use_wal(connection, self.timeout)
             connection.execute("pragma synchronous=normal")
             connection.execute(_SCHEMA)
-            self._local.connection, self._local.pid = connection, os.getpid()
+            self._local.connection = connection
         return connection
 
     def put(self, name: str, event_id: str, payload: str) -> None:
