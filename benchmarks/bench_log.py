@@ -31,7 +31,7 @@ from kombu.serialization import dumps as kombu_dumps
 
 import eventlib
 from eventlib.discovery import find_event
-from eventlib.dispatch import celery_app
+from eventlib.sending import celery_app
 from eventlib.serialization import serialize_event
 from eventlib.tasks import TASK_NAME
 

@@ -32,7 +32,7 @@ from kombu.serialization import loads as kombu_loads
 
 import eventlib
 from eventlib.discovery import find_event
-from eventlib.dispatch import celery_app
+from eventlib.sending import celery_app
 from eventlib.serialization import serialize_event
 from eventlib.tasks import TASK_NAME
 

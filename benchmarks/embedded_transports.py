@@ -53,8 +53,8 @@ from kombu import Connection
 from kombu.exceptions import DecodeError
 
 from eventlib import conf
-from eventlib.dispatch import transport_options
 from eventlib.embedded import url_for
+from eventlib.sending import transport_options
 
 from .common import ROOT
 from .report import write_section

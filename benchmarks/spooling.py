@@ -27,7 +27,7 @@ from pathlib import Path
 
 import eventlib
 from eventlib import conf
-from eventlib.dispatch import spool_status
+from eventlib.sending import spool_status
 
 from .common import DATA, ORDER, ROOT, delete_queues, find_brokers, median, percentile, unique_queue
 from .report import machine_facts, write_section

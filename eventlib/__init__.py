@@ -16,10 +16,12 @@ from .exceptions import (
     EventNotFound,
     InvalidEventName,
     SerializationError,
+    SpoolError,
     ValidationError,
 )
 from .processing import ProcessResult, process
 from .registry import HANDLER_REGISTRY, handler
+from .sending import flush
 from .serialization import register_type
 
 __all__ = [
@@ -33,9 +35,11 @@ __all__ = [
     "InvalidEventName",
     "ProcessResult",
     "SerializationError",
+    "SpoolError",
     "ValidationError",
     "autodiscover",
     "configure",
+    "flush",
     "handler",
     "log",
     "process",

@@ -10,7 +10,9 @@ Exit codes scripts can rely on:
   unknown or invalid event, unknown broker scheme); one line on stderr;
 - ``3``: the broker could not be reached (for ``log``: the event is kept in
   the spool and its id printed all the same, or, when the spool cannot be
-  written either, nothing was sent).
+  written either, nothing was sent);
+- ``4``: the spool file cannot be used (unwritable, full, not a database),
+  or, with ``spool flush``, it holds events of another broker or queue.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import click
 
 from . import conf
 from .discovery import EVENTS_MODULE, autodiscover, find_event
-from .exceptions import DispatchError, EventlibError
+from .exceptions import DispatchError, EventlibError, SpoolError
 from .registry import HANDLER_REGISTRY, handler_name
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BROKER = 3
+EXIT_SPOOL = 4
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -50,6 +53,8 @@ def _errors_as_exit_codes() -> Iterator[None]:
     loading the user's apps is a configuration error, not a crash."""
     try:
         yield
+    except SpoolError as error:
+        _fail(str(error), EXIT_SPOOL)
     except DispatchError as error:
         _fail(str(error), EXIT_BROKER)
     except (EventlibError, ImportError) as error:
@@ -158,15 +163,15 @@ def log_command(name: str, pairs: tuple[str, ...], as_json: str | None) -> None:
     spool: the id is printed all the same, one line on stderr says so, and
     the command exits 3; `eventlib spool flush` sends it later.
     """
-    from . import metrics
-    from .dispatch import broker_name, celery_app, log
+    from .dispatch import log
+    from .sending import broker_name, celery_app, flush
 
     data = _parse_data(pairs, as_json)
     with _errors_as_exit_codes():
-        conf.configure(raise_errors=True)
-        spooled_before = metrics.snapshot()["spooled"]
+        # Published here and now: the command says whether the broker took it.
+        conf.configure(raise_errors=True, dispatch="direct")
         click.echo(log(name, data))
-        if metrics.snapshot()["spooled"] > spooled_before:
+        if not flush(timeout=3 * conf.get_settings().broker_timeout):
             spool_path = Path(conf.get_settings().spool_path).resolve()
             _fail(
                 f"the broker {broker_name(celery_app())} is unreachable: the event is kept "
@@ -210,7 +215,7 @@ def worker(celery_args: tuple[str, ...]) -> None:
     --pool, ...).  With a Celery app of your own, run
     `celery -A yourproject worker -Q eventlib` instead.
     """
-    from .dispatch import celery_app, check_broker
+    from .sending import celery_app, check_broker
 
     apps = _require_apps()
     with _errors_as_exit_codes():
@@ -446,10 +451,12 @@ def spool_status_command(as_json: bool) -> None:
     """How many events wait in the spool, the oldest one's age, and until
     when a flusher holds them, if one does.
 
-    JSON: {"count": ..., "oldest_age": seconds or null, "held_until": Unix
-    time or null}.
+    Only the events of the configured broker and queue are counted; a
+    line says how many wait for others.  JSON: {"count": ..., "oldest_age":
+    seconds or null, "held_until": Unix time or null, "path": the file,
+    "elsewhere": [{"broker": ..., "queue": ..., "count": ...}]}.
     """
-    from .dispatch import spool_status
+    from .sending import spool_status
 
     with _errors_as_exit_codes():
         status = spool_status()
@@ -460,6 +467,11 @@ def spool_status_command(as_json: bool) -> None:
                     "count": status.count,
                     "oldest_age": status.oldest_age,
                     "held_until": status.held_until,
+                    "path": str(Path(conf.get_settings().spool_path).resolve()),
+                    "elsewhere": [
+                        {"broker": where.broker, "queue": where.queue, "count": count}
+                        for where, count in status.elsewhere
+                    ],
                 }
             )
         )
@@ -470,23 +482,35 @@ def spool_status_command(as_json: bool) -> None:
         if status.held_until is not None:
             line += f"; a flusher holds them until {_local_time(status.held_until)}"
         click.echo(line)
+    for where, count in status.elsewhere:
+        click.echo(f"{count} other events wait for {where}")
 
 
 @spool.command(name="flush")
 def spool_flush() -> None:
     """Publish the spooled events now, oldest first, and print how many.
 
-    Exits 3 (the events stay spooled) when the broker still cannot take
-    them, and 1 when events remain that another flusher holds (a process
-    publishing them, or one that crashed while it did): one line on stderr
-    says how many and until when; run the command again after that time.
+    Only the events logged for the configured broker and queue are
+    published.  Exits 3 (the events stay spooled) when the broker still
+    cannot take them; 4 when the spool file cannot be used, or when it holds
+    events of another broker or queue, which it names (run the command again
+    with that broker and queue); 1 when events remain that another flusher
+    holds (a process publishing them, or one that crashed while it did): one
+    line on stderr says how many and until when; run the command again after
+    that time.
     """
-    from .dispatch import flush_spool, spool_status
+    from .sending import flush_spool, spool_status
 
     with _errors_as_exit_codes():
         published = flush_spool()
         status = spool_status()
     click.echo(f"published {published} spooled events")
+    if status.elsewhere:
+        others = "; ".join(f"{count} for {where}" for where, count in status.elsewhere)
+        _fail(
+            f"the spool also holds events logged for other destinations, left there: {others}",
+            EXIT_SPOOL,
+        )
     if status.count and status.held_until is not None:
         _fail(
             f"{status.count} spooled events remain: another flusher holds them until "

@@ -57,6 +57,19 @@ class Settings:
     spool_probe_interval: float = 5.0
     #: SQLAlchemy URL of the database that keeps dead letters.
     dead_letter_url: str = "sqlite:///eventlib-dead-letters.sqlite"
+    #: How ``log()`` hands events to the broker: ``"background"`` (a buffer
+    #: in memory, published by a thread), ``"spool"`` (the spool file,
+    #: published by a thread) or ``"direct"`` (published in the caller); see
+    #: :mod:`eventlib.sending`.
+    dispatch: str = "background"
+    #: How many events the buffer of the ``background`` mode holds at most;
+    #: when it is full, ``log()`` writes to the spool instead.
+    buffer_size: int = 10_000
+    #: How many events one broker message carries at most.
+    batch_size: int = 100
+    #: How many bytes of payload one broker message carries at most (a
+    #: larger event goes alone).
+    batch_bytes: int = 512 * 1024
     #: A Celery app of the user's; when ``None`` eventlib creates its own.
     #: ``configure()`` and ``EVENTLIB_CELERY_APP`` also take its import path,
     #: ``"proj.celery.app"`` or ``"proj.celery:app"`` (see
@@ -116,6 +129,29 @@ def _parse_seconds(name: str, text: str) -> float:
     return seconds
 
 
+DISPATCH_MODES = ("background", "spool", "direct")
+
+
+def _parse_dispatch(name: str, text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in DISPATCH_MODES:
+        raise ConfigurationError(
+            f"{ENV_PREFIX}{name.upper()}={text!r} is not a dispatch mode: use one of "
+            f"{', '.join(DISPATCH_MODES)}"
+        )
+    return mode
+
+
+def _parse_count(name: str, text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ConfigurationError(f"{ENV_PREFIX}{name.upper()}={text!r} is not a positive integer")
+    return count
+
+
 def import_celery_app(path: str, setting: str) -> Any:
     """Import and return the Celery app at ``path``: ``"proj.celery.app"``
     (the attribute is what follows the last dot) or ``"proj.celery:app"``
@@ -170,6 +206,10 @@ _FROM_ENV: dict[str, Callable[[str, str], Any]] = {
     "spool_path": _parse_text,
     "spool_probe_interval": _parse_seconds,
     "dead_letter_url": _parse_text,
+    "dispatch": _parse_dispatch,
+    "buffer_size": _parse_count,
+    "batch_size": _parse_count,
+    "batch_bytes": _parse_count,
     "celery_app": _parse_celery_app,
 }
 
@@ -203,6 +243,14 @@ def _check(name: str, value: Any) -> Any:
         value = float(value)
     if name in ("spool_path", "dead_letter_url") and (not isinstance(value, str) or not value):
         raise ConfigurationError(f"{name} must be a non-empty string, not {value!r}")
+    if name == "dispatch" and value not in DISPATCH_MODES:
+        raise ConfigurationError(
+            f"dispatch must be one of {', '.join(map(repr, DISPATCH_MODES))}, not {value!r}"
+        )
+    if name in ("buffer_size", "batch_size", "batch_bytes") and (
+        isinstance(value, bool) or not isinstance(value, int) or value < 1
+    ):
+        raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
     if name == "celery_app" and isinstance(value, str):
         value = import_celery_app(value, f"celery_app={value!r}")
     return value
@@ -278,7 +326,8 @@ def configure(**values: Any) -> Settings:
     Accepts ``always_eager``, ``raise_errors``, ``apps``, ``broker_url``,
     ``queue``, ``broker_timeout``, ``broker_transport_options``,
     ``on_commit``, ``spool_path``, ``spool_probe_interval``,
-    ``dead_letter_url`` and ``celery_app`` (a Celery app or its import path,
+    ``dead_letter_url``, ``dispatch``, ``buffer_size``, ``batch_size``,
+    ``batch_bytes`` and ``celery_app`` (a Celery app or its import path,
     ``"proj.celery.app"``).  Settings not named keep the value they had
     (from an earlier call, the environment or the default); the environment is
     read again.  An unknown name or a value of the wrong type raises

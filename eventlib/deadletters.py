@@ -55,6 +55,7 @@ from . import metrics
 from ._sqlite import use_wal
 from .conf import Settings, get_settings, on_change
 from .exceptions import ConfigurationError, DispatchError
+from .sending import RETRY_TASK, broker_name, sender
 from .serialization import deserialize_event
 
 if TYPE_CHECKING:
@@ -252,23 +253,14 @@ def failed_again(dead_letter_id: int, *, reason: str, traceback: str) -> None:
 
 
 def _send(letter: DeadLetter) -> None:
-    from .dispatch import broker_name, celery_app
-    from .tasks import RETRY_TASK_NAME
-
-    settings = get_settings()
-    app = celery_app()
-    task = app.tasks[RETRY_TASK_NAME]
     args = (letter.event_name, letter.payload, letter.handler, letter.attempts + 1)
-    kwargs = {"dead_letter": letter.id}
-    if settings.always_eager:
-        task.apply(args=args, kwargs=kwargs)
-        return
     try:
-        task.apply_async(args=args, kwargs=kwargs, queue=settings.queue)
-    except Exception as error:
+        sender.send_task(RETRY_TASK, args, {"dead_letter": letter.id})
+    except DispatchError as error:
         raise DispatchError(
-            f"could not send dead letter {letter.id} to the broker {broker_name(app)}: {error!r}"
-        ) from error
+            f"could not send dead letter {letter.id} to the broker "
+            f"{broker_name(sender.app())}: {error.__cause__!r}"
+        ) from error.__cause__
 
 
 def _context(letter: DeadLetter) -> dict[str, Any]:

@@ -66,3 +66,8 @@ class DeserializationError(EventlibError, ValueError):
 class DispatchError(EventlibError):
     """``log()`` could not hand the event to the broker (refused, timed out,
     unknown transport).  The message names the broker, without its password."""
+
+
+class SpoolError(DispatchError):
+    """The spool file cannot be used (unwritable, full, not a database).
+    The message names the file and SQLite's error."""

@@ -22,6 +22,7 @@ from collections import Counter
 #: The counters eventlib keeps, and what each counts.
 COUNTERS = {
     "logged": "events log() accepted (sent, spooled or handed to a test recorder)",
+    "published": "events the broker accepted from this process",
     "spooled": "events written to the local spool because the broker could not take them",
     "published_from_spool": "spooled events the broker has since accepted",
     "processed": "events whose handlers ran in this process",

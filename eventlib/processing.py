@@ -25,6 +25,7 @@ from .conf import get_settings
 from .discovery import autodiscover, find_event
 from .exceptions import ValidationError
 from .registry import HANDLER_REGISTRY, handler_name
+from .sending import RETRY_TASK, sender
 from .serialization import deserialize_event
 
 if TYPE_CHECKING:
@@ -305,8 +306,7 @@ class _Run:
         handlers whose retry was sent or queued."""
         if not retries:
             return []
-        settings = get_settings()
-        here = self.app is None or settings.always_eager or self.app.conf.task_always_eager
+        here = self.app is None or sender.is_eager(self.app)
         sent = []
         with _retries_in_turn():
             for retry in retries:
@@ -315,9 +315,7 @@ class _Run:
                     if here:
                         _here.pending.append((args, self.app))
                     else:
-                        assert self.app is not None
-                        task = self.app.tasks[_retry_task_name()]
-                        task.apply_async(args=args, countdown=retry.delay, queue=settings.queue)
+                        sender.send_task(RETRY_TASK, args, countdown=retry.delay, app=self.app)
                 except Exception as error:
                     logger.exception(
                         "The retry of handler %s on event %s (id %s) could not be sent",
@@ -415,12 +413,6 @@ class _Run:
 
 
 _here = threading.local()
-
-
-def _retry_task_name() -> str:
-    from .tasks import RETRY_TASK_NAME  # tasks imports this module
-
-    return RETRY_TASK_NAME
 
 
 @contextmanager

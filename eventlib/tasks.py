@@ -1,4 +1,5 @@
-"""eventlib's Celery tasks, ``eventlib.process`` and ``eventlib.retry_handler``.
+"""eventlib's Celery tasks: ``eventlib.process``, ``eventlib.process_batch``
+and ``eventlib.retry_handler``.
 
 They are shared tasks: every Celery app in the process registers them, the
 user's own app as well as the one eventlib creates when there is none, so
@@ -20,18 +21,19 @@ from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 from . import metrics
 from .discovery import autodiscover
 from .processing import run_handler
+from .sending import BATCH_TASK, PROCESS_TASK, RETRY_TASK
 
 logger = logging.getLogger("eventlib")
 
-TASK_NAME = "eventlib.process"
-RETRY_TASK_NAME = "eventlib.retry_handler"
+TASK_NAME = PROCESS_TASK
+RETRY_TASK_NAME = RETRY_TASK
 
 #: A worker process logs its counters after every this many events.
 COUNTERS_LOG_EVERY = 1000
 
 _events_seen = itertools.count(1)
 
-# Both tasks: JSON only; acknowledged once the handlers ran, so that a worker
+# Every task: JSON only; acknowledged once the handlers ran, so that a worker
 # killed mid-event does not lose it: another worker runs it again (handlers
 # must be idempotent).
 _OPTIONS: dict[str, Any] = {
@@ -55,8 +57,32 @@ def process_event(self: Task, name: str, payload: str) -> None:
     try:
         run_handler(name, payload, None, 1, app=self.app)
     finally:
-        if next(_events_seen) % COUNTERS_LOG_EVERY == 0:
-            log_counters()
+        _count_event()
+
+
+@shared_task(name=BATCH_TASK, **_OPTIONS)
+def process_batch(self: Task, events: list[list[str]]) -> None:
+    """Process the events of one message, in order, each exactly as
+    ``eventlib.process`` does: an event that cannot be processed (recorded
+    as a dead letter) does not stop the ones after it.
+
+    The message is acknowledged once every event of it was processed: a
+    worker lost in the middle of a batch makes the broker deliver it again,
+    and the events that were already processed run again (at least once;
+    ``event.id`` lets handlers drop duplicates).
+    """
+    for name, payload in events:
+        try:
+            run_handler(name, payload, None, 1, app=self.app)
+        except Exception:
+            pass  # logged and recorded as a dead letter by run_handler
+        finally:
+            _count_event()
+
+
+def _count_event() -> None:
+    if next(_events_seen) % COUNTERS_LOG_EVERY == 0:
+        log_counters()
 
 
 @shared_task(name=RETRY_TASK_NAME, **_OPTIONS)

@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from . import dispatch
 from .processing import ProcessResult, process
+from .sending import sender
 from .serialization import deserialize_event, dumps, loads
 
 
@@ -93,8 +93,8 @@ def capture_events(*, run_handlers: bool = False) -> Iterator[EventRecorder]:
     """Record the events logged inside the ``with`` block (see the module
     documentation)."""
     recorder = EventRecorder(run_handlers=run_handlers)
-    dispatch._interceptors.append(recorder)
+    sender.add_recorder(recorder)
     try:
         yield recorder
     finally:
-        dispatch._interceptors.remove(recorder)
+        sender.remove_recorder(recorder)

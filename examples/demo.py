@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import eventlib  # noqa: E402
-from eventlib.dispatch import broker_name, celery_app  # noqa: E402
+from eventlib.sending import broker_name, celery_app  # noqa: E402
 
 FAILURE = re.compile(r"Handler (\S+) failed on event")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from demo import HERE, start_worker, stop_worker, wait_until_ready
 
 import eventlib
-from eventlib.dispatch import spool_status
+from eventlib.sending import spool_status
 
 
 def free_port() -> int:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,14 @@ DJANGO_APPS = [
 def _isolated(isolation):
     """Every test starts from default settings and an empty registry."""
     return isolation
+
+
+@pytest.fixture
+def refusing_port() -> int:
+    """A port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from eventlib.spool import LEASE_SECONDS, Spool
+from eventlib.spool import LEASE_SECONDS, Destination, Spool
 
 #: Handlers append a line to the file named by this variable, so a test can
 #: see that they really ran in the child process.
@@ -511,14 +511,21 @@ def test_spool_status_of_an_empty_spool(isolation, apps):
 
     assert (text.returncode, text.stdout, text.stderr) == (0, "the spool is empty\n", "")
     assert as_json.returncode == 0, as_json.stderr
-    assert json.loads(as_json.stdout) == {"count": 0, "oldest_age": None, "held_until": None}
+    assert json.loads(as_json.stdout) == {
+        "count": 0,
+        "oldest_age": None,
+        "held_until": None,
+        "path": str(isolation.root / "eventlib-spool.sqlite"),
+        "elsewhere": [],
+    }
 
 
 def test_spool_status_then_flush_while_the_broker_is_down_then_back(isolation, apps):
     ids = log_while_the_broker_is_down(isolation, 2)
 
-    text = run_cli(isolation, "spool", "status")
-    as_json = run_cli(isolation, "spool", "status", "--json")
+    text = run_cli(isolation, "--broker-url", UNREACHABLE_AMQP, "spool", "status")
+    as_json = run_cli(isolation, "--broker-url", UNREACHABLE_AMQP, "spool", "status", "--json")
+    elsewhere = run_cli(isolation, "spool", "status")  # the default, embedded broker
     down = run_cli(
         isolation, "--broker-url", UNREACHABLE_AMQP, "spool", "flush", timeout=20, **SPOOL_ENV
     )
@@ -526,8 +533,12 @@ def test_spool_status_then_flush_while_the_broker_is_down_then_back(isolation, a
     assert text.returncode == 0, text.stderr
     assert re.fullmatch(r"2 events, the oldest spooled \d+ s ago\n", text.stdout), text.stdout
     status = json.loads(as_json.stdout)
-    assert (status["count"], status["held_until"]) == (2, None)
+    assert (status["count"], status["held_until"], status["elsewhere"]) == (2, None, [])
     assert 0 <= status["oldest_age"] < 60
+    assert elsewhere.stdout == (
+        "the spool is empty\n"
+        "2 other events wait for the queue eventlib of the broker amqp://guest:**@127.0.0.1:1//\n"
+    )
     # The broker is still down: exit 3, one line naming it, nothing lost.
     assert down.returncode == 3
     line = one_line_error(down)
@@ -537,6 +548,19 @@ def test_spool_status_then_flush_while_the_broker_is_down_then_back(isolation, a
     assert down.stdout == ""
     assert spool_rows(isolation) == [(event_id, "shop.Refund") for event_id in ids]
 
+    # Another broker leaves them where they are, and says so.
+    moved = run_cli(isolation, "--broker-url", "memory://", "spool", "flush", **SPOOL_ENV)
+
+    assert moved.returncode == 4
+    assert moved.stdout == "published 0 spooled events\n"
+    assert one_line_error(moved) == (
+        "eventlib: the spool also holds events logged for other destinations, left there: "
+        "2 for the queue eventlib of the broker amqp://guest:**@127.0.0.1:1//"
+    )
+    assert spool_rows(isolation) == [(event_id, "shop.Refund") for event_id in ids]
+
+    # Sent to that broker once it answers (here: its events rewritten for another).
+    retarget(isolation.root / "eventlib-spool.sqlite", "memory:///")
     up = run_cli(isolation, "--broker-url", "memory://", "spool", "flush", **SPOOL_ENV)
 
     assert up.returncode == 0, up.stderr
@@ -545,15 +569,28 @@ def test_spool_status_then_flush_while_the_broker_is_down_then_back(isolation, a
     assert spool_rows(isolation) == []
 
 
+def retarget(path: Path, broker: str) -> None:
+    """Rewrite the broker every spooled event was logged for."""
+    connection = sqlite3.connect(path)
+    try:
+        with connection:
+            connection.execute("update spool set broker = ?", (broker,))
+    finally:
+        connection.close()
+
+
 def test_spool_flush_exits_1_while_another_flusher_holds_the_events(isolation, apps):
     ids = log_while_the_broker_is_down(isolation, 3)
     crash_while_flushing(isolation.root / "eventlib-spool.sqlite")
-    held = json.loads(run_cli(isolation, "spool", "status", "--json").stdout)
+    held = json.loads(
+        run_cli(isolation, "--broker-url", UNREACHABLE_AMQP, "spool", "status", "--json").stdout
+    )
     # The crashed flusher holds the batch for LEASE_SECONDS.
     assert held["count"] == 3
     assert time.time() + LEASE_SECONDS - 30 < held["held_until"] <= time.time() + LEASE_SECONDS
 
-    text = run_cli(isolation, "spool", "status")
+    text = run_cli(isolation, "--broker-url", UNREACHABLE_AMQP, "spool", "status")
+    retarget(isolation.root / "eventlib-spool.sqlite", "memory:///")
     result = run_cli(isolation, "--broker-url", "memory://", "spool", "flush", **SPOOL_ENV)
 
     until = datetime.fromtimestamp(held["held_until"]).astimezone()
@@ -581,7 +618,8 @@ def crash_while_flushing(path: Path) -> None:
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         try:
-            Spool(path).flush(lambda event: os._exit(0))
+            destination = Destination("amqp://guest:**@127.0.0.1:1//", "eventlib")
+            Spool(path, destination).flush(lambda batch: os._exit(0))
         finally:
             os._exit(1)
     _, status = os.waitpid(pid, 0)

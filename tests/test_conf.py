@@ -10,7 +10,7 @@ import pytest
 from sure import expect
 
 import eventlib
-from eventlib import ConfigurationError, conf, dispatch
+from eventlib import ConfigurationError, conf, sending
 from eventlib.conf import Settings, get_settings, settings_from_env
 
 
@@ -315,6 +315,10 @@ def test_every_setting_can_come_from_the_environment(isolation):
             "EVENTLIB_SPOOL_PATH": "/var/spool/eventlib.sqlite",
             "EVENTLIB_SPOOL_PROBE_INTERVAL": "2.5",
             "EVENTLIB_DEAD_LETTER_URL": "sqlite:////var/lib/dead.sqlite",
+            "EVENTLIB_DISPATCH": " Spool ",
+            "EVENTLIB_BUFFER_SIZE": "500",
+            "EVENTLIB_BATCH_SIZE": "20",
+            "EVENTLIB_BATCH_BYTES": "65536",
             "EVENTLIB_CELERY_APP": "proj.celery:app",
         }
     )
@@ -328,6 +332,8 @@ def test_every_setting_can_come_from_the_environment(isolation):
     assert settings.broker_transport_options == {"visibility_timeout": 60}
     assert settings.spool_path == "/var/spool/eventlib.sqlite"
     assert settings.dead_letter_url == "sqlite:////var/lib/dead.sqlite"
+    assert (settings.dispatch, settings.buffer_size) == ("spool", 500)
+    assert (settings.batch_size, settings.batch_bytes) == (20, 65536)
     assert settings.on_commit is True
     assert settings.celery_app is importlib.import_module("proj.celery").app
 
@@ -423,7 +429,7 @@ def test_celery_app_from_environment_is_imported_from_its_path(proj, monkeypatch
     settings = reread(monkeypatch, celery_app=path)
 
     expect(settings.celery_app).to.be(proj_app())
-    expect(dispatch.celery_app()).to.be(proj_app())
+    expect(sending.celery_app()).to.be(proj_app())
 
 
 def test_celery_app_from_an_explicit_mapping(proj):
@@ -490,3 +496,40 @@ def test_configure_refuses_a_celery_app_path_that_does_not_import(proj):
     )
     expect(get_settings().queue).to.equal("events")
     expect(get_settings().celery_app).to.be(None)
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "message"),
+    [
+        (
+            "EVENTLIB_DISPATCH",
+            "later",
+            "EVENTLIB_DISPATCH='later' is not a dispatch mode: use one of "
+            "background, spool, direct",
+        ),
+        ("EVENTLIB_BATCH_SIZE", "0", "EVENTLIB_BATCH_SIZE='0' is not a positive integer"),
+        ("EVENTLIB_BUFFER_SIZE", "many", "EVENTLIB_BUFFER_SIZE='many' is not a positive integer"),
+    ],
+)
+def test_a_dispatch_setting_that_does_not_parse_names_the_variable(variable, text, message):
+    with pytest.raises(ConfigurationError) as raised:
+        settings_from_env({variable: text})
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"dispatch": "later"},
+            "dispatch must be one of 'background', 'spool', 'direct', not 'later'",
+        ),
+        ({"batch_size": 0}, "batch_size must be a positive integer, not 0"),
+        ({"batch_bytes": 1.5}, "batch_bytes must be a positive integer, not 1.5"),
+        ({"buffer_size": True}, "buffer_size must be a positive integer, not True"),
+    ],
+)
+def test_configure_refuses_a_dispatch_setting_it_cannot_use(values, message):
+    with pytest.raises(ConfigurationError) as raised:
+        eventlib.configure(**values)
+    assert str(raised.value) == message

@@ -12,7 +12,7 @@ from celery import Celery
 from sure import expect
 
 import eventlib
-from eventlib import dispatch
+from eventlib import dispatch, sending
 from eventlib.serialization import deserialize_event
 
 SHOP_EVENTS = """
@@ -297,6 +297,7 @@ def test_invalid_unserializable_data_is_logged_and_not_sent_when_raise_errors_is
         "Event shop.Refund was not logged, its data is invalid: "
         "The following keys are missing: order_id (data keys: amount, user)"
     )
+    assert eventlib.flush(timeout=5)
     expect(receive(memory_app, "eventlib")).to.be(None)
 
 
@@ -360,6 +361,7 @@ def test_log_sends_eventlib_process_to_the_eventlib_queue(shop, memory_app):
     event_id = eventlib.log("shop.Refund", {"order_id": 7, "items": (1, 2)})
 
     assert received() == []
+    assert eventlib.flush(timeout=5)
     message = receive(memory_app, "eventlib")
     assert message.headers["task"] == "eventlib.process"
     assert message.headers["id"] == event_id
@@ -381,6 +383,7 @@ def test_log_sends_to_the_configured_queue(shop, memory_app):
 
     event_id = eventlib.log("shop.Refund", {"order_id": 7})
 
+    assert eventlib.flush(timeout=5)
     message = receive(memory_app, "refunds")
     assert message.headers["id"] == event_id
     assert message.delivery_info["routing_key"] == "refunds"
@@ -394,6 +397,7 @@ def test_nothing_is_sent_when_the_data_is_refused(shop, memory_app, caplog):
     with pytest.raises(eventlib.SerializationError):
         eventlib.log("shop.Refund", {"order_id": 7, "when": object()})
 
+    assert eventlib.flush(timeout=5)
     assert receive(memory_app, "eventlib") is None
     [record] = eventlib_errors(caplog)
     assert record.getMessage() == (
@@ -410,6 +414,7 @@ def test_task_goes_as_json_even_when_the_users_app_prefers_pickle(shop, memory_a
 
     event_id = eventlib.log("shop.Refund", {"order_id": 7})
 
+    assert eventlib.flush(timeout=5)
     message = receive(memory_app, "eventlib")
     expect(message.headers["id"]).to.equal(event_id)
     expect(message.content_type).to.equal("application/json")
@@ -438,6 +443,7 @@ def test_on_commit_without_a_transaction_hook_is_a_configuration_error(
         "eventlib.log('shop.Refund', on_commit=True) needs a transaction hook: add "
         "'eventlib.contrib.django' to INSTALLED_APPS (or call set_transaction_hook)"
     )
+    assert eventlib.flush(timeout=5)
     expect(receive(memory_app, "eventlib")).to.be(None)
 
 
@@ -448,9 +454,11 @@ def test_on_commit_sends_only_when_the_hook_calls_back(shop, memory_app):
 
     event_id = eventlib.log("shop.Refund", {"order_id": 7}, on_commit=True)
 
+    assert eventlib.flush(timeout=5)
     expect(receive(memory_app, "eventlib")).to.be(None)
     [send] = after_commit
     send()
+    assert eventlib.flush(timeout=5)
     expect(receive(memory_app, "eventlib").headers["id"]).to.equal(event_id)
 
 
@@ -460,7 +468,7 @@ def test_on_commit_sends_only_when_the_hook_calls_back(shop, memory_app):
 def test_own_app_is_json_only_and_uses_the_settings():
     eventlib.configure(broker_url="memory://")
 
-    app = dispatch.celery_app()
+    app = sending.celery_app()
 
     assert isinstance(app, Celery)
     assert app.conf.accept_content == ["json"]
@@ -470,15 +478,15 @@ def test_own_app_is_json_only_and_uses_the_settings():
     assert app.conf.broker_url == "memory://"
     assert app.conf.task_default_queue == "eventlib"
     assert "eventlib.process" in app.tasks
-    assert dispatch.celery_app() is app
+    assert sending.celery_app() is app
 
 
 def test_own_app_is_rebuilt_when_settings_change():
     eventlib.configure(broker_url="memory://")
-    before = dispatch.celery_app()
+    before = sending.celery_app()
 
     eventlib.configure(broker_url="memory://elsewhere", queue="refunds")
-    after = dispatch.celery_app()
+    after = sending.celery_app()
 
     assert after is not before
     assert after.conf.broker_url == "memory://elsewhere"
@@ -490,16 +498,17 @@ def test_a_configured_celery_app_replaces_the_own_app():
 
     eventlib.configure(celery_app=app)
 
-    assert dispatch.celery_app() is app
+    assert sending.celery_app() is app
 
 
 def test_own_app_sends_to_its_broker(shop, memory_app):
     # memory_app empties the in-memory queues, which every app here shares.
     eventlib.configure(always_eager=False, broker_url="memory://")
-    app = dispatch.celery_app()
+    app = sending.celery_app()
 
     event_id = eventlib.log("shop.Refund", {"order_id": 7})
 
+    assert eventlib.flush(timeout=5)
     message = receive(app, "eventlib")
     assert message.headers["task"] == "eventlib.process"
     assert message.headers["id"] == event_id
@@ -522,7 +531,7 @@ def test_own_app_sends_to_its_broker(shop, memory_app):
     ],
 )
 def test_every_broker_wait_is_bounded_by_broker_timeout(url, expected):
-    assert dispatch.transport_options(url, 1.5) == expected
+    assert sending.transport_options(url, 1.5) == expected
 
 
 def test_own_app_merges_the_users_transport_options():
@@ -532,7 +541,7 @@ def test_own_app_merges_the_users_transport_options():
         broker_transport_options={"visibility_timeout": 7200, "socket_timeout": 3},
     )
 
-    options = dispatch.celery_app().conf.broker_transport_options
+    options = sending.celery_app().conf.broker_transport_options
 
     assert options == {
         "socket_timeout": 3,
@@ -545,7 +554,7 @@ def test_no_broker_url_means_the_embedded_broker_in_the_working_directory(tmp_pa
     monkeypatch.chdir(tmp_path)
     eventlib.configure(broker_url=None)
 
-    url = dispatch.celery_app().conf.broker_url
+    url = sending.celery_app().conf.broker_url
 
     assert url == f"eventlib+sqlite:///{tmp_path.resolve()}/eventlib-broker.sqlite"
 
@@ -554,4 +563,4 @@ def test_an_unknown_broker_scheme_is_a_configuration_error():
     eventlib.configure(broker_url="foo://x")
 
     with pytest.raises(eventlib.ConfigurationError, match="unknown broker URL scheme in foo://x"):
-        dispatch.celery_app()
+        sending.celery_app()

@@ -327,6 +327,7 @@ def test_an_event_that_cannot_be_sent_after_the_commit_is_logged_not_raised(proj
         EVENTLIB_ALWAYS_EAGER=False,
         EVENTLIB_BROKER_URL="amqp://guest@127.0.0.1:1//",
         EVENTLIB_BROKER_TIMEOUT=0.5,
+        EVENTLIB_DISPATCH="direct",
         EVENTLIB_SPOOL_PATH="/nonexistent-eventlib-dir/spool.sqlite",
     ):
         configure_from_settings()

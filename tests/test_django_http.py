@@ -46,9 +46,9 @@ import eventlib
 from eventlib import dispatch
 from eventlib.contrib.django import configure_from_settings, views
 from eventlib.contrib.django.views import options_from_settings
-from eventlib.dispatch import spool_status
 from eventlib.http import Options, Response, make_application
 from eventlib.registry import HANDLER_REGISTRY
+from eventlib.sending import spool_status
 
 from .conftest import DjangoReady
 
@@ -563,6 +563,8 @@ BROKER_DOWN = {
     "EVENTLIB_ALWAYS_EAGER": False,
     "EVENTLIB_BROKER_URL": "amqp://guest@127.0.0.1:1//",
     "EVENTLIB_BROKER_TIMEOUT": 0.5,
+    # Published in the request, so that its outcome is the answer's.
+    "EVENTLIB_DISPATCH": "direct",
 }
 #: Nor can the spool be written: a directory that does not exist.
 SPOOL_UNWRITABLE = {"EVENTLIB_SPOOL_PATH": "/nonexistent-eventlib-dir/spool.sqlite"}

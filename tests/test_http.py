@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 
 import eventlib
 from eventlib import http
-from eventlib.dispatch import spool_status
 from eventlib.http import application, make_application
+from eventlib.sending import spool_status
 
 from .http_server import LiveServer, Reply, serve
 
@@ -653,6 +653,7 @@ def test_a_broker_that_cannot_take_the_event_answers_202_and_spools_it(server, d
     reply = post(server, "__event__=deals.DealClick&deal_id=1")
 
     assert reply.status == 202
+    assert eventlib.flush(timeout=10) is False
     assert spool_status().count == 1
     assert deals.RECEIVED == []
 
@@ -663,6 +664,7 @@ def test_an_event_neither_broker_nor_spool_can_take_answers_503(server, deals, c
         broker_url=UNREACHABLE_BROKER,
         broker_timeout=0.5,
         spool_path=str(tmp_path / "missing" / "spool.sqlite"),
+        dispatch="direct",
     )
 
     reply = post(server, "__event__=deals.DealClick&deal_id=1")

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 
 import pytest
 
 import eventlib
-from eventlib import metrics
-from eventlib.dispatch import flush_spool, spool_status
+from eventlib import metrics, sending
 from eventlib.http import application
+from eventlib.sending import flush_spool, spool_status
+from eventlib.serialization import deserialize_event
 
 from .forking import read_with_deadline
 from .http_server import serve
@@ -42,6 +44,7 @@ def shop(isolation, tmp_path):
         broker_timeout=0.5,
         spool_path=str(tmp_path / "spool.sqlite"),
         spool_probe_interval=3600,
+        dispatch="direct",
     )
     metrics.reset()
     yield
@@ -62,8 +65,12 @@ def test_logged_spooled_and_published_from_spool_count_an_outage(shop, memory_ap
     assert counters(*SPOOL_COUNTERS) == {"logged": 3, "spooled": 3, "published_from_spool": 0}
     assert spool_status().count == 3
 
-    # The broker is back: kombu's in-memory one, shared by this process.
+    # The broker is back (kombu's in-memory one, shared by this process,
+    # stands for it: the spooled events are told so).
     eventlib.configure(broker_url="memory://")
+    here = sending.sender.spool()
+    with sqlite3.connect(here.path) as moved:
+        moved.execute("update spool set broker = ?", (here.destination.broker,))
     assert flush_spool() == 3
 
     assert counters(*SPOOL_COUNTERS) == {"logged": 3, "spooled": 3, "published_from_spool": 3}
@@ -77,14 +84,19 @@ def test_logged_spooled_and_published_from_spool_count_an_outage(shop, memory_ap
 
 
 def queued_task_ids(app) -> list[str]:
-    """The ids of the tasks waiting in the ``eventlib`` queue, in order."""
+    """The ids of the events waiting in the ``eventlib`` queue, alone or in
+    batches, in order."""
     with app.connection_for_write() as connection:
         queue = connection.SimpleQueue("eventlib")
         try:
             found = []
             while queue.qsize():
                 message = queue.get(timeout=1)
-                found.append(message.headers["id"])
+                if message.headers["task"] == "eventlib.process_batch":
+                    batch = message.decode()[0][0]
+                    found.extend(deserialize_event(payload).id for _, payload in batch)
+                else:
+                    found.append(message.headers["id"])
                 message.ack()
             return found
         finally:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 import eventlib
-from eventlib import deadletters, dispatch
+from eventlib import deadletters, sending
 from eventlib.processing import HandlerFailure, ProcessResult, run_handler
 from eventlib.serialization import serialize_event
 
@@ -442,7 +442,7 @@ def test_what_the_celery_task_runs_gives_the_result_as_a_dict(shop):
     event_id, payload = payload_of(shop.Refund, {"declined": True})
 
     # What the task runs; it returns None.
-    result = run_handler("shop.Refund", payload, None, 1, app=dispatch.celery_app())
+    result = run_handler("shop.Refund", payload, None, 1, app=sending.celery_app())
 
     assert result.as_dict() == {
         "name": "shop.Refund",
@@ -465,7 +465,7 @@ def test_what_the_celery_task_runs_gives_the_result_as_a_dict(shop):
 
 
 def test_the_celery_task_runs_the_handlers_and_returns_none(shop):
-    task = dispatch.celery_app().tasks["eventlib.process"]
+    task = sending.celery_app().tasks["eventlib.process"]
     event_id, payload = payload_of(shop.Refund, {"declined": True})
 
     assert task.apply(args=("shop.Refund", payload)).get() is None

@@ -17,8 +17,8 @@ from celery.signals import worker_process_shutdown
 
 import eventlib
 from eventlib import deadletters, metrics, tasks
-from eventlib.dispatch import celery_app
 from eventlib.processing import HandlerFailure, run_handler
+from eventlib.sending import celery_app
 from eventlib.serialization import serialize_event
 
 SHOP_EVENTS = """

@@ -1,23 +1,22 @@
-"""The spool, the circuit and the flusher (eventlib/spool.py)."""
+"""The spool file (eventlib/spool.py)."""
 
 from __future__ import annotations
 
-import logging
-import os
 import sqlite3
 import threading
 import time
 
 import pytest
 
-from eventlib.spool import LEASE_SECONDS, Circuit, Flusher, Spool, SpooledEvent, SpoolStatus
+from eventlib import SpoolError
+from eventlib.spool import LEASE_SECONDS, Destination, Spool, SpooledEvent, SpoolStatus
 
-from .forking import read_with_deadline
+HERE = Destination("redis://127.0.0.1:6379/0", "eventlib")
 
 
 @pytest.fixture
 def spool(tmp_path):
-    return Spool(tmp_path / "spool.sqlite")
+    return Spool(tmp_path / "spool.sqlite", HERE)
 
 
 def wait_until(condition, timeout: float = 10) -> None:
@@ -37,7 +36,7 @@ def fill(spool: Spool, count: int) -> list[str]:
 def test_a_spool_that_was_never_written_is_empty_and_not_created(spool):
     assert spool.status().count == 0
     assert spool.status().oldest_age is None
-    assert spool.flush(lambda event: None) == 0
+    assert spool.flush(lambda events: None) == 0
     assert not spool.path.exists()
 
 
@@ -53,36 +52,42 @@ def test_status_counts_the_events_and_ages_the_oldest(spool):
 def test_flush_publishes_in_the_order_spooled_and_empties_the_spool(spool):
     ids = fill(spool, 250)  # more than one batch
     published: list[SpooledEvent] = []
+    batches: list[int] = []
 
-    assert spool.flush(published.append) == 250
+    def publish(batch: list[SpooledEvent]) -> None:
+        batches.append(len(batch))
+        published.extend(batch)
 
+    assert spool.flush(publish) == 250
+
+    assert batches == [100, 100, 50]
     assert [event.event_id for event in published] == ids
     assert {event.name for event in published} == {"shop.Purchase"}
     assert published[0].payload == '{"id": "id-0"}'
     assert spool.status().count == 0
 
 
-def test_a_failed_publish_keeps_that_event_and_the_later_ones(spool):
-    ids = fill(spool, 5)
+def test_a_failed_publish_keeps_that_batch_and_the_later_ones(spool):
+    ids = fill(spool, 150)
     published = []
 
-    def publish(event: SpooledEvent) -> None:
-        if event.event_id == "id-3":
+    def publish(batch: list[SpooledEvent]) -> None:
+        if published:
             raise ConnectionError("broker gone again")
-        published.append(event.event_id)
+        published.extend(event.event_id for event in batch)
 
     with pytest.raises(ConnectionError):
         spool.flush(publish)
 
-    assert published == ids[:3]
-    assert spool.status().count == 2
+    assert published == ids[:100]
+    assert spool.status().count == 50
     # Released at once: the next flush starts where this one stopped.
-    assert [e.event_id for e in _flushed(spool)] == ids[3:]
+    assert [e.event_id for e in _flushed(spool)] == ids[100:]
 
 
 def _flushed(spool: Spool) -> list[SpooledEvent]:
     published: list[SpooledEvent] = []
-    spool.flush(published.append)
+    spool.flush(published.extend)
     return published
 
 
@@ -92,17 +97,17 @@ def test_one_flusher_at_a_time(spool):
     release = threading.Event()
     first: list[str] = []
 
-    def slow_publish(event: SpooledEvent) -> None:
+    def slow_publish(batch: list[SpooledEvent]) -> None:
         inside.set()
         release.wait(10)
-        first.append(event.event_id)
+        first.extend(event.event_id for event in batch)
 
     thread = threading.Thread(target=spool.flush, args=(slow_publish,))
     thread.start()
     try:
         assert inside.wait(10)
         # The batch is held by the other flusher: this one publishes nothing.
-        assert Spool(spool.path).flush(lambda event: pytest.fail("published twice")) == 0
+        assert Spool(spool.path, HERE).flush(lambda batch: pytest.fail("published twice")) == 0
     finally:
         release.set()
         thread.join(10)
@@ -123,75 +128,89 @@ def test_many_threads_can_spool_at_once(spool):
     assert spool.status().count == 400
 
 
-def test_an_unwritable_spool_raises_sqlite_errors(tmp_path):
-    spool = Spool(tmp_path / "missing" / "spool.sqlite")
+def test_an_unwritable_spool_raises_a_spool_error_naming_the_file(tmp_path):
+    path = tmp_path / "missing" / "spool.sqlite"
+    spool = Spool(path, HERE)
 
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(SpoolError) as raised:
         spool.put("shop.Purchase", "id", "{}")
 
-
-def test_the_circuit_is_open_only_in_the_process_that_tripped_it():
-    circuit = Circuit()
-    assert not circuit.is_open
-
-    circuit.trip()
-    assert circuit.is_open
-
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its parent's circuit does not apply to it
-        os.write(write, b"open" if circuit.is_open else b"closed")
-        os._exit(0)
-    os.waitpid(pid, 0)
-    assert os.read(read, 16) == b"closed"
-    os.close(read)
-    os.close(write)
-
-    circuit.close()
-    assert not circuit.is_open
+    assert str(raised.value) == (
+        f"the spool file {path} cannot keep events: unable to open database file"
+    )
+    assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
 
 
-def test_the_flusher_publishes_once_the_broker_answers_then_closes_the_circuit(spool):
-    fill(spool, 4)
-    circuit = Circuit()
-    circuit.trip()
-    broker_up = threading.Event()
-    failed_tries = []
-    published: list[str] = []
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"this is not a database, only some text" * 100, "file is not a database"),
+        (b"SQLite format 3\x00" + b"\x00" * 84, "database disk image is malformed"),
+    ],
+    ids=["garbage", "truncated"],
+)
+def test_a_spool_file_that_is_not_a_database_is_named_in_the_error(tmp_path, content, reason):
+    path = tmp_path / "spool.sqlite"
+    path.write_bytes(content)
+    spool = Spool(path, HERE)
 
-    def publish(event: SpooledEvent) -> None:
-        if not broker_up.is_set():
-            failed_tries.append(event.event_id)
-            raise ConnectionError("still down")
-        published.append(event.event_id)
-
-    flusher = Flusher()
-    flusher.ensure_running(spool, publish, circuit, interval=0.02)
-    try:
-        wait_until(lambda: len(failed_tries) >= 3)
-        assert published == []
-        assert set(failed_tries) == {"id-0"}  # each try stops at the oldest event
-        assert circuit.is_open
-        broker_up.set()
-        wait_until(lambda: not circuit.is_open)
-    finally:
-        flusher.stop()
-    assert published == ["id-0", "id-1", "id-2", "id-3"]
-    assert not circuit.is_open
-    assert spool.status().count == 0
+    for operation in (spool.status, lambda: spool.flush(lambda batch: None)):
+        with pytest.raises(SpoolError, match=f"^the spool file {path} cannot be read: "):
+            operation()
 
 
-def test_stopping_the_flusher_leaves_the_events_spooled(spool):
-    fill(spool, 2)
-    circuit = Circuit()
-    circuit.trip()
-    flusher = Flusher()
-    flusher.ensure_running(spool, lambda event: None, circuit, interval=3600)
+def test_a_full_disk_reports_the_real_error_not_a_failed_rollback(tmp_path):
+    path = tmp_path / "spool.sqlite"
+    spool = Spool(path, HERE)
+    fill(spool, 1)
+    connection = spool._connection()
+    page_count = connection.execute("pragma page_count").fetchone()[0]
+    connection.execute(f"pragma max_page_count = {page_count}")  # the disk is full
 
-    flusher.stop()
+    with pytest.raises(SpoolError) as raised:
+        spool.put_many([("shop.Purchase", f"id-{n}", "x" * 10_000) for n in range(50)])
+
+    assert "database or disk is full" in str(raised.value)
+    assert "rollback" not in str(raised.value)
+    assert spool.status().count == 1  # nothing half-written
+
+
+def test_each_destination_flushes_only_its_own_events(tmp_path):
+    path = tmp_path / "spool.sqlite"
+    redis = Spool(path, HERE)
+    other_queue = Spool(path, Destination(HERE.broker, "refunds"))
+    rabbit = Spool(path, Destination("amqp://guest:**@127.0.0.1:5672//", "eventlib"))
+    fill(redis, 2)
+    other_queue.put("shop.Refund", "refund-0", "{}")
+    rabbit.put("shop.Refund", "rabbit-0", "{}")
+
+    status = redis.status()
+    assert status.count == 2
+    assert dict(status.elsewhere) == {other_queue.destination: 1, rabbit.destination: 1}
+    assert [event.event_id for event in _flushed(redis)] == ["id-0", "id-1"]
+    assert [event.event_id for event in _flushed(rabbit)] == ["rabbit-0"]
+    assert redis.status() == SpoolStatus(0, None, None, ((other_queue.destination, 1),))
+
+
+def test_a_spool_file_of_the_first_release_is_upgraded_and_its_events_flushed(tmp_path):
+    path = tmp_path / "spool.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "create table spool (seq integer primary key autoincrement, name text not null, "
+        "event_id text not null, payload text not null, spooled_at real not null, "
+        "claimed_until real)"
+    )
+    old.execute(
+        "insert into spool (name, event_id, payload, spooled_at) values (?, ?, ?, ?)",
+        ("shop.Purchase", "old-0", "{}", time.time()),
+    )
+    old.commit()
+    old.close()
+    spool = Spool(path, HERE)
+    spool.put("shop.Purchase", "new-0", "{}")
 
     assert spool.status().count == 2
-    assert circuit.is_open
+    assert [event.event_id for event in _flushed(spool)] == ["old-0", "new-0"]
 
 
 def test_status_tells_until_when_a_flusher_holds_the_events(spool):
@@ -199,7 +218,7 @@ def test_status_tells_until_when_a_flusher_holds_the_events(spool):
     inside = threading.Event()
     release = threading.Event()
 
-    def slow_publish(event: SpooledEvent) -> None:
+    def slow_publish(batch: list[SpooledEvent]) -> None:
         inside.set()
         release.wait(10)
 
@@ -227,150 +246,3 @@ def test_an_expired_lease_is_not_reported_and_the_events_can_be_flushed(spool):
 
     assert spool.status().held_until is None
     assert [event.event_id for event in _flushed(spool)] == ids
-
-
-def test_the_flusher_logs_which_event_the_broker_refused_and_how_many_it_published(spool, caplog):
-    ids = fill(spool, 3)
-    circuit = Circuit()
-    circuit.trip()
-    broker_up = threading.Event()
-
-    def publish(event: SpooledEvent) -> None:
-        if not broker_up.is_set():
-            raise ConnectionError("still down")
-
-    caplog.set_level(logging.INFO, logger="eventlib")
-    flusher = Flusher()
-    flusher.ensure_running(spool, publish, circuit, interval=0.02)
-    try:
-        wait_until(lambda: _records(caplog, "The broker is still unreachable"))
-        broker_up.set()
-        wait_until(lambda: not circuit.is_open)
-    finally:
-        flusher.stop()
-
-    refused = _records(caplog, "The broker is still unreachable")[0]
-    assert refused.getMessage() == (
-        "The broker is still unreachable (still down); events stay spooled"
-    )
-    assert (refused.eventlib_event, refused.eventlib_event_id, refused.eventlib_handler) == (
-        "shop.Purchase",
-        ids[0],
-        None,
-    )
-    [published] = _records(caplog, "Published")
-    assert published.levelno == logging.WARNING
-    assert published.getMessage() == "Published 3 spooled events"
-    assert (published.eventlib_spool, published.eventlib_published) == (str(spool.path), 3)
-    assert (published.eventlib_event, published.eventlib_event_id) == (None, None)
-    assert published.eventlib_handler is None
-
-
-def _records(caplog, start: str) -> list[logging.LogRecord]:
-    return [
-        record
-        for record in caplog.records
-        if record.name == "eventlib" and record.getMessage().startswith(start)
-    ]
-
-
-class _HeldStatusSpool(Spool):
-    """A spool whose status(), in the process that made it, waits until the
-    test releases it when ``hold`` is set: the flusher calls it holding its
-    lock."""
-
-    def __init__(self, path, *, hold: bool) -> None:
-        super().__init__(path)
-        self.owner = os.getpid()
-        self.hold = hold
-        self.inside = threading.Event()
-        self.release = threading.Event()
-
-    def status(self) -> SpoolStatus:
-        if self.hold and os.getpid() == self.owner:
-            self.inside.set()
-            assert self.release.wait(30)
-        return super().status()
-
-
-@pytest.mark.parametrize("moment", ["waiting-for-the-broker", "holding-its-lock"])
-def test_a_forked_child_flushes_with_a_flusher_of_its_own(tmp_path, moment):
-    """Fork while the parent's flusher thread runs: waiting for a broker that
-    does not answer, or in the middle of its check of the spool, holding its
-    lock.  (Either way the thread is in Python code, not inside SQLite, whose
-    own mutexes a fork could leave held.)  The child spools events; its own
-    flusher thread, not the parent's, publishes them."""
-    waiting = moment == "waiting-for-the-broker"
-    spool = _HeldStatusSpool(tmp_path / "spool.sqlite", hold=not waiting)
-    circuit = Circuit()
-    circuit.trip()
-    trying = threading.Event()
-    broker_gives_up = threading.Event()
-    parent_published: list[str] = []
-
-    def parent_publish(event: SpooledEvent) -> None:
-        if waiting:
-            trying.set()
-            broker_gives_up.wait(30)
-            raise ConnectionError("no answer")
-        parent_published.append(event.event_id)
-
-    fill(spool, 1)
-    flusher = Flusher()
-    flusher.ensure_running(spool, parent_publish, circuit, interval=0.02)
-    try:
-        if waiting:
-            assert trying.wait(10)
-        else:
-            assert spool.inside.wait(10)
-            assert flusher._lock.locked()
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: reports on the pipe, never returns into pytest
-            try:
-                os.close(read)
-                os.write(write, _flush_in_child(spool, flusher, waiting).encode())
-            finally:
-                os._exit(0)
-        os.close(write)
-        # The parent's thread lets go of the spool (of its lease on id-0).
-        broker_gives_up.set()
-        spool.release.set()
-        flusher.stop()
-        report = read_with_deadline(read, pid, timeout=30)
-    finally:
-        broker_gives_up.set()
-        spool.release.set()
-        flusher.stop()
-
-    assert report == "ok"
-    assert parent_published == ([] if waiting else ["id-0"])
-
-
-def _flush_in_child(spool: Spool, flusher: Flusher, waiting: bool) -> str:
-    """In the forked child: spool two events, let the inherited flusher
-    publish them (and the parent's, when it could not) with the child's own
-    thread, and say what went wrong."""
-    try:
-        ids = ["child-0", "child-1"]
-        for event_id in ids:
-            spool.put("shop.Purchase", event_id, "{}")
-        published: list[tuple[str, str, int]] = []
-
-        def publish(event: SpooledEvent) -> None:
-            published.append((event.event_id, threading.current_thread().name, os.getpid()))
-
-        circuit = Circuit()
-        circuit.trip()
-        flusher.ensure_running(spool, publish, circuit, interval=0.02)
-        wait_until(lambda: not circuit.is_open, timeout=20)
-        expected = (["id-0"] if waiting else []) + ids
-        if [event_id for event_id, _, _ in published] != expected:
-            return f"published {published}, expected {expected}"
-        if {(name, pid) for _, name, pid in published} != {("eventlib-spool-flusher", os.getpid())}:
-            return f"published by {published}"
-        if Spool(spool.path).status().count:
-            return "events left in the spool"
-        return "ok"
-    except BaseException as error:  # the parent shows it
-        return f"{type(error).__name__}: {error}"

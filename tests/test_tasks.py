@@ -113,3 +113,62 @@ def test_a_celery_worker_exits_when_an_events_module_fails_to_import(isolation):
         "The worker cannot start: importing the events modules of its apps failed"
     )
     expect(result.stderr).to_not.contain("ready.")
+
+
+BATCH_EVENTS = """
+    from eventlib import BaseEvent, handler
+
+    SEEN = []
+
+
+    class Purchase(BaseEvent):
+        @handler
+        def fails_on_two(self):
+            if self.data['n'] == 2:
+                raise RuntimeError('no second purchase')
+            SEEN.append(('fails_on_two', self.data['n']))
+
+        @handler
+        def record(self):
+            SEEN.append(('record', self.data['n']))
+"""
+
+
+def test_a_batch_runs_every_event_as_process_does_and_a_failure_stops_nothing(isolation, tmp_path):
+    """A batch of four events, of which one has a failing handler and one
+    names no event at all: every other handler of every event runs, in
+    order, and each failure becomes a dead letter."""
+    from eventlib import deadletters
+    from eventlib.serialization import serialize_event
+    from eventlib.tasks import process_batch
+
+    isolation.write("shop/events.py", BATCH_EVENTS)
+    eventlib.configure(always_eager=True, raise_errors=False)
+    from shop.events import SEEN, Purchase
+
+    payloads = [serialize_event(Purchase({"n": n})) for n in range(1, 4)]
+    events = [
+        ["shop.Purchase", payloads[0]],
+        ["shop.Missing", payloads[1]],
+        ["shop.Purchase", payloads[1]],
+        ["shop.Purchase", payloads[2]],
+    ]
+
+    process_batch.apply(args=(events,))
+
+    expect(SEEN).to.equal(
+        [
+            ("fails_on_two", 1),
+            ("record", 1),
+            ("record", 2),
+            ("fails_on_two", 3),
+            ("record", 3),
+        ]
+    )
+    letters = {(letter.event_name, letter.handler) for letter in deadletters.list_dead_letters()}
+    expect(letters).to.equal(
+        {
+            ("shop.Missing", None),
+            ("shop.Purchase", "shop.events.Purchase.fails_on_two"),
+        }
+    )

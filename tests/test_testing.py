@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 
 import eventlib
-from eventlib.dispatch import spool_status
 from eventlib.processing import ProcessResult
+from eventlib.sending import spool_status
 from eventlib.testing import CapturedEvent, capture_events
 
 pytest_plugins = ["pytester"]
@@ -59,6 +59,7 @@ def test_the_broker_is_unreachable_without_a_recorder(shop):
     event goes to the spool)."""
     eventlib.log("shop.Refund", {"order_id": 1})
 
+    assert eventlib.flush(timeout=10) is False
     assert spool_status().count == 1
 
 
@@ -213,7 +214,7 @@ PLUGIN_EVENTS = """
 
 PLUGIN_TESTS = """
     import eventlib
-    from eventlib import dispatch
+    from eventlib.sending import sender
     from shop import events
 
 
@@ -233,7 +234,7 @@ PLUGIN_TESTS = """
 
 
     def test_no_recorder_is_left_behind():
-        assert dispatch._interceptors == []
+        assert sender._recorders == []
 """
 
 

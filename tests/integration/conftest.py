@@ -49,14 +49,6 @@ def project(isolation, tmp_path, broker, queue) -> Iterator[Project]:
 
 
 @pytest.fixture
-def refusing_port() -> int:
-    """A port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
 def silent_port() -> Iterator[int]:
     """A port that accepts connections and never reads or writes a byte."""
     server = socket.socket()

@@ -76,6 +76,37 @@ def queue_exists(url: str, name: str) -> bool:
     raise ValueError(f"queue_exists() knows Redis and RabbitMQ, not {url}")
 
 
+def take_event_ids(url: str, queue: str, expected: int, timeout: float) -> list[str]:
+    """Take messages from ``queue`` until they carry ``expected`` events
+    (single ones and batches alike) and return their ids, in order; fail
+    after ``timeout`` seconds saying how many came."""
+    from kombu import Connection
+
+    from eventlib.serialization import deserialize_event
+
+    ids: list[str] = []
+    deadline = time.monotonic() + timeout
+    with Connection(url) as connection:
+        simple = connection.SimpleQueue(queue)
+        try:
+            while len(ids) < expected:
+                try:
+                    message = simple.get(block=True, timeout=0.2)
+                except simple.Empty:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"{len(ids)} of {expected} events reached {queue}")
+                    continue
+                args, _, _ = message.decode()
+                if message.headers["task"] == "eventlib.process_batch":
+                    ids.extend(deserialize_event(payload).id for _, payload in args[0])
+                else:
+                    ids.append(message.headers["id"])
+                message.ack()
+        finally:
+            simple.close()
+    return ids
+
+
 def _reachable(url: str) -> bool:
     parts = url_to_parts(url)
     port = parts.port or DEFAULT_PORTS.get(parts.scheme.split("+")[0], 0)

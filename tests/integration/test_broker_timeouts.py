@@ -1,8 +1,10 @@
 """``log()`` never hangs its caller: against a broker that refuses
-connections and one that accepts them and never answers, the first call
-returns within about the configured timeout, with the event spooled, and
-the following ones spool at once; with eventlib's own Celery app and with a
-user's app that has Celery's default (unbounded) connection settings."""
+connections and one that accepts them and never answers, in the ``direct``
+mode the first call returns within about the configured timeout, with the
+event spooled, and the following ones spool at once; in the ``background``
+mode no call waits for the broker at all, and the publisher thread spools
+them.  With eventlib's own Celery app and with a user's app that has
+Celery's default (unbounded) connection settings."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 from celery import Celery
 
 import eventlib
-from eventlib.dispatch import spool_status
+from eventlib.sending import spool_status
 
 TIMEOUT = 0.5
 #: Far above the target (one connection attempt and one retry, each bounded
@@ -25,6 +27,7 @@ ATTEMPTS = 4
 SPOOL_BOUND = 0.1
 #: eventlib's own Celery app, and a user's (the ``celery_app`` setting).
 APPS = ["own", "user"]
+MODES = ["direct", "background"]
 SCHEMES = {"redis": "redis://127.0.0.1:{port}/0", "amqp": "amqp://guest:guest@127.0.0.1:{port}//"}
 
 
@@ -41,11 +44,17 @@ def shop(isolation):
     )
 
 
-def assert_log_never_waits_long(url: str, app: str) -> None:
-    """The first call waits at most about the timeout and spools; the next
-    ones spool without trying the network.  The calls run in a thread, so
-    that a call that hangs fails the test instead of blocking it."""
-    settings: dict[str, object] = {"broker_timeout": TIMEOUT, "spool_probe_interval": 60}
+def assert_log_never_waits_long(url: str, app: str, mode: str) -> None:
+    """Direct: the first call waits at most about the timeout and spools;
+    the next ones spool without trying the network.  Background: no call
+    waits for the network, and a flush finds them all spooled.  The calls
+    run in a thread, so that a call that hangs fails the test instead of
+    blocking it."""
+    settings: dict[str, object] = {
+        "broker_timeout": TIMEOUT,
+        "spool_probe_interval": 60,
+        "dispatch": mode,
+    }
     if app == "user":
         # A user's app, with Celery's defaults: no timeouts of its own.
         settings["celery_app"] = Celery("proj", broker=url, set_as_current=False)
@@ -66,24 +75,33 @@ def assert_log_never_waits_long(url: str, app: str) -> None:
     caller.join(BOUND + ATTEMPTS * SPOOL_BOUND + 30)
     assert not caller.is_alive(), f"log() still blocked after 30s more than its bound ({url})"
     assert len(timings) == ATTEMPTS, f"log() raised in the thread against {url}"
-    assert timings[0] < BOUND, f"the first log() took {timings[0]:.3f}s against {url}"
+    first_bound = BOUND if mode == "direct" else SPOOL_BOUND
+    assert timings[0] < first_bound, f"the first log() took {timings[0]:.3f}s against {url}"
     assert max(timings[1:]) < SPOOL_BOUND, f"later log() calls took {timings[1:]} against {url}"
+    if mode == "background":
+        started = time.monotonic()
+        assert eventlib.flush(timeout=BOUND + 30) is False  # the broker took none
+        assert time.monotonic() - started < BOUND
     assert spool_status().count == ATTEMPTS
     assert len(set(ids)) == ATTEMPTS
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("app", APPS)
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
 def test_a_refusing_broker_costs_one_attempt_then_events_are_spooled(
-    shop, refusing_port, scheme, app
+    shop, refusing_port, scheme, app, mode
 ):
-    assert_log_never_waits_long(SCHEMES[scheme].format(port=refusing_port), app)
+    assert_log_never_waits_long(SCHEMES[scheme].format(port=refusing_port), app, mode)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("app", APPS)
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
-def test_a_silent_broker_costs_one_timeout_then_events_are_spooled(shop, silent_port, scheme, app):
-    assert_log_never_waits_long(SCHEMES[scheme].format(port=silent_port), app)
+def test_a_silent_broker_costs_one_timeout_then_events_are_spooled(
+    shop, silent_port, scheme, app, mode
+):
+    assert_log_never_waits_long(SCHEMES[scheme].format(port=silent_port), app, mode)
 
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
@@ -94,7 +112,9 @@ def test_many_threads_against_a_silent_broker_each_wait_at_most_about_the_timeou
     get a connection after the circuit opened spool without trying the
     network, so no call waits for the timeouts of the calls before it."""
     url = SCHEMES[scheme].format(port=silent_port)
-    eventlib.configure(broker_url=url, broker_timeout=TIMEOUT, spool_probe_interval=60)
+    eventlib.configure(
+        broker_url=url, broker_timeout=TIMEOUT, spool_probe_interval=60, dispatch="direct"
+    )
     threads = 100
     timings: list[float] = []
     start = threading.Barrier(threads)
@@ -121,6 +141,7 @@ def test_dispatch_error_when_the_spool_cannot_be_written_either(shop, refusing_p
     eventlib.configure(
         broker_url=f"amqp://guest:s3cret@127.0.0.1:{refusing_port}//",
         spool_path=str(blocker / "spool.sqlite"),
+        dispatch="direct",
     )
 
     with pytest.raises(eventlib.DispatchError) as error:
@@ -131,3 +152,26 @@ def test_dispatch_error_when_the_spool_cannot_be_written_either(shop, refusing_p
     assert f"to the broker amqp://guest:**@127.0.0.1:{refusing_port}//" in message
     assert f"nor keep it in the spool {blocker / 'spool.sqlite'}" in message
     assert "s3cret" not in message
+
+
+def test_background_mode_raises_dispatch_error_once_its_full_buffer_cannot_be_spooled(
+    shop, refusing_port, tmp_path
+):
+    """The buffer keeps what neither the broker nor the spool took: nothing
+    accepted is dropped, and ``log()`` refuses more once it is full."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    eventlib.configure(
+        broker_url=f"redis://127.0.0.1:{refusing_port}/0",
+        broker_timeout=TIMEOUT,
+        spool_path=str(blocker / "spool.sqlite"),
+        buffer_size=2,
+    )
+    kept = [eventlib.log("shop.Purchase", {"n": n}) for n in range(2)]
+
+    with pytest.raises(eventlib.DispatchError, match="nor keep it in the spool"):
+        eventlib.log("shop.Purchase", {"n": 2})
+
+    assert eventlib.flush(timeout=BOUND) is False
+    held = list(eventlib.sending.sender._buffer)
+    assert [event[1] for event in held if isinstance(event, tuple)] == kept

@@ -23,7 +23,7 @@ import redis
 
 import eventlib
 from eventlib import metrics
-from eventlib.dispatch import spool_status
+from eventlib.sending import spool_status
 
 from .support import Project, wait_for
 
@@ -247,6 +247,8 @@ def run_loggers(
     script.write_text(textwrap.dedent(LOGGER_SOURCE))
     env = command_environment(project)
     args = [sys.executable, str(script), str(threads), str(each)] + (["crash"] if crash else [])
+    if crash:  # only the spool mode keeps what is not published yet from SIGKILL
+        env["EVENTLIB_DISPATCH"] = "spool"
     children = [
         subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(processes)
@@ -288,8 +290,8 @@ def test_processes_and_threads_logging_while_the_broker_is_down_lose_nothing(
     outage_project, redis_server, tmp_path, crash
 ):
     """Four processes of four threads log while Redis is down; with "killed",
-    each process dies by SIGKILL right after its last log() returned, before
-    anything could be published.  Then Redis comes back and
+    each process (in the spool mode) dies by SIGKILL right after its last
+    log() returned, before anything could be published.  Then Redis comes back and
     `eventlib spool flush` publishes everything, once."""
     project = outage_project
     redis_server.kill()
@@ -572,20 +574,20 @@ CRASHING_FLUSHER_SOURCE = """
     import sys
 
     import eventlib.spool
-    from eventlib import dispatch
+    from eventlib import sending
 
     # The claim on the batch lasts this long; it is written to the spool file,
     # where the next flusher reads it, whatever its own LEASE_SECONDS.
     eventlib.spool.LEASE_SECONDS = float(sys.argv[1])
-    publish = dispatch._publish_spooled
+    publish = sending.sender._publish_spooled
 
     def publish_then_crash(app, queue, event):
         publish(app, queue, event)  # returned: the broker has the event
         print(event.event_id, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)  # before the spool forgets it
 
-    dispatch._publish_spooled = publish_then_crash
-    dispatch.flush_spool()  # what `eventlib spool flush` runs
+    sending.sender._publish_spooled = publish_then_crash
+    sending.flush_spool()  # what `eventlib spool flush` runs
     sys.exit("flush_spool() returned without publishing")
 """
 

@@ -19,7 +19,7 @@ import pytest
 from kombu import Connection
 
 import eventlib
-from eventlib.dispatch import spool_status
+from eventlib.sending import spool_status
 
 from .support import Project, wait_for
 from .test_outage import crash_a_flusher_after_its_first_publish, log_through_a_broker_kill, quiet

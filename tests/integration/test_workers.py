@@ -47,6 +47,8 @@ def test_every_handler_runs_once_per_event_and_failures_are_logged(project):
 def test_two_workers_share_the_queue_and_each_event_runs_once(project):
     first, second = project.start_worker(), project.start_worker()
     project.configure_here()
+    # Small batches, so that there are messages enough for both workers.
+    eventlib.configure(batch_size=5)
 
     ids = log_purchases(EVENTS)
 

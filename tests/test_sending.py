@@ -1,0 +1,330 @@
+"""The sending side (eventlib/sending.py): the dispatch modes, batches,
+flush, the spool when the broker is down, and forks.  Real brokers and
+workers are in tests/integration/."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+
+import pytest
+from celery import Celery
+
+import eventlib
+from eventlib import DispatchError, metrics
+from eventlib.sending import sender, spool_status
+
+from .forking import read_with_deadline
+
+EVENTS = """
+    from eventlib import BaseEvent
+
+    class Purchase(BaseEvent):
+        pass
+"""
+
+
+@pytest.fixture
+def shop(isolation):
+    isolation.write("shop/events.py", EVENTS)
+
+
+def messages(app: Celery, queue_name: str = "eventlib") -> list:
+    """Every message waiting in ``queue_name``, taken from it."""
+    taken = []
+    with app.connection_for_read() as connection:
+        queue = connection.SimpleQueue(queue_name)
+        try:
+            while True:
+                try:
+                    message = queue.get(block=False)
+                except queue.Empty:
+                    return taken
+                message.ack()
+                taken.append(message)
+        finally:
+            queue.close()
+
+
+def events_in(found: list) -> list[str]:
+    """The event ids the messages carry, in order."""
+    ids = []
+    for message in found:
+        args, _, _ = message.decode()
+        if message.headers["task"] == "eventlib.process":
+            ids.append(message.headers["id"])
+        else:
+            assert message.headers["task"] == "eventlib.process_batch"
+            ids.extend(eventlib.serialization.deserialize_event(p).id for _, p in args[0])
+    return ids
+
+
+def test_the_default_mode_is_background():
+    assert eventlib.configure().dispatch == "background"
+
+
+@pytest.mark.parametrize("mode", ["background", "spool", "direct"])
+def test_every_mode_delivers_each_event_once_in_order(shop, memory_app, mode):
+    eventlib.configure(celery_app=memory_app, dispatch=mode)
+
+    ids = [eventlib.log("shop.Purchase", {"n": n}) for n in range(250)]
+
+    assert eventlib.flush(timeout=10)
+    assert events_in(messages(memory_app)) == ids
+    assert spool_status().count == (0)
+
+
+def test_a_lone_event_goes_alone_at_once_as_eventlib_process(shop, memory_app):
+    eventlib.configure(celery_app=memory_app)
+
+    event_id = eventlib.log("shop.Purchase", {})
+
+    assert eventlib.flush(timeout=10)
+    [message] = messages(memory_app)
+    assert message.headers["task"] == "eventlib.process"
+    assert message.headers["id"] == event_id
+
+
+def test_events_waiting_together_go_in_batches_bounded_in_count_and_bytes(shop, memory_app):
+    eventlib.configure(celery_app=memory_app, batch_size=10, batch_bytes=2_000)
+    blocked = threading.Lock()
+    blocked.acquire()
+    publish = sender._publish
+
+    def publish_when_released(*args, **kwargs):
+        with blocked:  # the first publish waits until every event is buffered
+            return publish(*args, **kwargs)
+
+    sender._publish = publish_when_released
+    try:
+        small = [eventlib.log("shop.Purchase", {"n": n}) for n in range(25)]
+        large = [eventlib.log("shop.Purchase", {"text": "x" * 900}) for _ in range(3)]
+        blocked.release()
+        assert eventlib.flush(timeout=10)
+    finally:
+        del sender._publish
+    found = messages(memory_app)
+
+    assert events_in(found) == small + large
+    sizes = [len(m.decode()[0][0]) if m.headers["task"].endswith("batch") else 1 for m in found]
+    assert all(size <= 10 for size in sizes)
+    assert sum(sizes) == 28
+    assert len(found) >= 4  # 25 small ones in batches of 10 at most, the large ones apart
+    for message in found:
+        if message.headers["task"].endswith("batch"):
+            assert sum(len(payload) for _, payload in message.decode()[0][0]) <= 2_000
+
+
+def test_log_returns_before_the_event_is_published_in_background_mode(shop, memory_app):
+    eventlib.configure(celery_app=memory_app)
+    release = threading.Event()
+    publish = sender._publish
+
+    def held_publish(*args, **kwargs):
+        release.wait(10)
+        return publish(*args, **kwargs)
+
+    sender._publish = held_publish
+    try:
+        event_id = eventlib.log("shop.Purchase", {})
+        assert messages(memory_app) == []  # log() did not wait for the broker
+        release.set()
+        assert eventlib.flush(timeout=10)
+    finally:
+        del sender._publish
+    assert events_in(messages(memory_app)) == [event_id]
+
+
+@pytest.mark.parametrize("mode", ["background", "spool"])
+def test_a_broker_that_is_down_gets_the_events_into_the_spool(shop, refusing_port, mode):
+    eventlib.configure(
+        broker_url=f"redis://127.0.0.1:{refusing_port}/0", broker_timeout=0.5, dispatch=mode
+    )
+
+    spooled_before = metrics.snapshot()["spooled"]
+
+    ids = [eventlib.log("shop.Purchase", {"n": n}) for n in range(20)]
+
+    assert eventlib.flush(timeout=10) is False
+    assert spool_status().count == 20
+    assert sender.circuit.is_open
+    assert metrics.snapshot()["spooled"] - spooled_before == 20
+    assert len(set(ids)) == 20
+
+
+def test_a_full_buffer_spools_in_the_caller(shop, refusing_port):
+    eventlib.configure(
+        broker_url=f"redis://127.0.0.1:{refusing_port}/0", broker_timeout=0.5, buffer_size=5
+    )
+    release = threading.Event()
+    publish = sender._publish
+
+    def held_publish(*args, **kwargs):
+        release.wait(10)
+        return publish(*args, **kwargs)
+
+    sender._publish = held_publish
+    try:
+        for n in range(12):
+            eventlib.log("shop.Purchase", {"n": n})
+        assert spool_status().count >= 6  # what the buffer could not hold
+        release.set()
+        eventlib.flush(timeout=10)
+    finally:
+        del sender._publish
+    assert spool_status().count == 12
+
+
+def test_log_recovers_after_an_outage_in_which_the_spool_could_not_be_written(
+    shop, memory_app, tmp_path
+):
+    eventlib.configure(
+        celery_app=memory_app,
+        dispatch="direct",
+        spool_path=str(tmp_path / "missing" / "spool.sqlite"),
+        spool_probe_interval=0.05,
+    )
+    publish = sender._publish
+    down = True
+
+    def flaky_publish(*args, **kwargs):
+        if down:
+            raise ConnectionRefusedError("the broker is down")
+        return publish(*args, **kwargs)
+
+    def flaky_check(app=None):
+        if down:
+            raise DispatchError("the broker is down")
+
+    sender._publish = flaky_publish
+    check = eventlib.sending.check_broker
+    eventlib.sending.check_broker = flaky_check
+    try:
+        with pytest.raises(DispatchError, match="nor keep it in the spool"):
+            eventlib.log("shop.Purchase", {"n": 1})
+        with pytest.raises(DispatchError, match="nor keep it in the spool"):
+            eventlib.log("shop.Purchase", {"n": 2})  # the circuit is open
+        down = False
+        deadline = threading.Event()
+        for _ in range(200):  # the publisher probes every 0.05 s
+            if not sender.circuit.is_open:
+                break
+            deadline.wait(0.05)
+        assert not sender.circuit.is_open
+        event_id = eventlib.log("shop.Purchase", {"n": 3})
+    finally:
+        del sender._publish
+        eventlib.sending.check_broker = check
+    assert events_in(messages(memory_app)) == [event_id]
+
+
+def test_events_of_another_broker_stay_in_the_spool(shop, refusing_port, memory_app, tmp_path):
+    spool_path = str(tmp_path / "spool.sqlite")
+    eventlib.configure(
+        broker_url=f"redis://127.0.0.1:{refusing_port}/0",
+        broker_timeout=0.5,
+        spool_path=spool_path,
+    )
+    eventlib.log("shop.Purchase", {})
+    assert eventlib.flush(timeout=10) is False
+
+    eventlib.configure(broker_url=None, celery_app=memory_app)
+
+    assert eventlib.sending.flush_spool() == 0
+    status = spool_status()
+    assert status.count == 0
+    [(destination, count)] = status.elsewhere
+    assert (destination.broker, destination.queue, count) == (
+        f"redis://127.0.0.1:{refusing_port}/0",
+        "eventlib",
+        1,
+    )
+    assert messages(memory_app) == []
+
+
+def test_a_forked_child_publishes_with_a_publisher_of_its_own(shop, memory_app):
+    """Fork while the parent's publisher thread is in the middle of a
+    publish: the child's events are published by the child's own thread,
+    and none of the parent's buffered events is published twice."""
+    eventlib.configure(celery_app=memory_app)
+    inside = threading.Event()
+    release = threading.Event()
+    publish = sender._publish
+    parent = os.getpid()
+
+    def held_publish(*args, **kwargs):
+        if os.getpid() == parent:
+            inside.set()
+            release.wait(10)
+        return publish(*args, **kwargs)
+
+    sender._publish = held_publish
+    try:
+        parent_id = eventlib.log("shop.Purchase", {"who": "parent"})
+        assert inside.wait(10)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: reports on the pipe, never returns into pytest
+            try:
+                os.close(read)
+                os.write(write, _log_in_child().encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        report = read_with_deadline(read, pid, timeout=30)
+        release.set()
+        assert eventlib.flush(timeout=10)
+    finally:
+        release.set()
+        del sender._publish
+    assert report.startswith("ok ")
+    child_ids = report.split()[1:]
+    # The memory broker lives in each process's memory: the parent's queue
+    # holds only the parent's event.
+    assert events_in(messages(memory_app)) == [parent_id]
+    assert parent_id not in child_ids
+
+
+def _log_in_child() -> str:
+    try:
+        ids = [eventlib.log("shop.Purchase", {"who": "child", "n": n}) for n in range(3)]
+        if not eventlib.flush(timeout=10):
+            return "the child's flush failed"
+        thread = sender._thread
+        if thread is None or thread.name != "eventlib-publisher":
+            return f"no publisher of the child's own: {thread}"
+        app = sender.app()
+        found = events_in(messages(app))
+        if found != ids:
+            return f"the child published {found}, expected {ids}"
+        return "ok " + " ".join(ids)
+    except BaseException as error:  # the parent shows it
+        return f"{type(error).__name__}: {error}"
+
+
+def test_flush_with_nothing_logged_returns_at_once():
+    assert eventlib.flush(timeout=0.5)
+
+
+def test_a_spool_file_kept_by_sqlite_is_durable_before_log_returns_in_spool_mode(
+    shop, refusing_port, tmp_path
+):
+    spool_path = tmp_path / "spool.sqlite"
+    eventlib.configure(
+        broker_url=f"redis://127.0.0.1:{refusing_port}/0",
+        dispatch="spool",
+        spool_path=str(spool_path),
+        spool_probe_interval=3600,
+    )
+    sender.circuit.trip()  # the publisher leaves the spool alone
+    sender._next_probe = float("inf")
+
+    event_id = eventlib.log("shop.Purchase", {})
+
+    # Another connection (another process would do the same) sees it.
+    other = sqlite3.connect(spool_path)
+    try:
+        assert other.execute("select event_id from spool").fetchall() == [(event_id,)]
+    finally:
+        other.close()
