@@ -14,10 +14,10 @@ What a request may carry:
   "data": {...}}``, so that numbers, lists and nested objects survive.
 
 Values from the query string or a form are strings; an empty value is the
-empty string; a key given twice is refused (send a list in JSON instead);
-text is UTF-8.  Whatever a browser sends is plain data: a value shaped like
-one of eventlib's tagged values is kept as the dict it is, never decoded into
-a registered type.
+empty string; a key given twice is refused (send a list in JSON instead), as
+is a key given twice in one object of a JSON body; text is UTF-8.  Whatever
+a browser sends is plain data: a value shaped like one of eventlib's tagged
+values is kept as the dict it is, never decoded into a registered type.
 
 Only events whose class says ``public = True`` (or whose name is in
 ``public_events``) may be logged; any other event answers 403, an unknown one
@@ -310,12 +310,18 @@ def _parse_pairs(text: str, where: str) -> dict[str, str]:
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False, errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise RequestError(HTTPStatus.BAD_REQUEST, f"the {where} is not UTF-8") from None
-    parsed: dict[str, str] = {}
+    return _unique_keys(pairs, where, "; send a list in a JSON body")
+
+
+def _unique_keys(pairs: Iterable[tuple[str, Any]], where: str, advice: str = "") -> dict[str, Any]:
+    """``pairs`` as a dict; a key given twice is refused (400) rather than
+    half-kept."""
+    parsed: dict[str, Any] = {}
     for key, value in pairs:
         if key in parsed:
+            shown = repr(key) if len(key) <= 40 else f"{key[:40]!r}..."
             raise RequestError(
-                HTTPStatus.BAD_REQUEST,
-                f"the key {key!r} is given twice in the {where}; send a list in a JSON body",
+                HTTPStatus.BAD_REQUEST, f"the key {shown} is given twice in the {where}{advice}"
             )
         parsed[key] = value
     return parsed
@@ -325,9 +331,17 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return _unique_keys(pairs, "same object of the JSON body")
+
+
 def _read_json(raw: bytes) -> tuple[str | None, dict[str, Any]]:
     try:
-        body = json.loads(_decode_text(raw, "body"), parse_constant=_refuse_constant)
+        body = json.loads(
+            _decode_text(raw, "body"),
+            object_pairs_hook=_json_object,
+            parse_constant=_refuse_constant,
+        )
     except (ValueError, RecursionError) as error:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {error}") from None
     if not isinstance(body, dict) or not set(body) <= {"event", "data"}:

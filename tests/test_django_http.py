@@ -530,6 +530,10 @@ REFUSALS = {
         Case("POST", VIEWED, b'{"data": {"page": "' + b"x" * 100 + b'"}}'),
         413,
     ),
+    "a key given twice in a JSON object": (
+        Case("POST", VIEWED, b'{"data": {"page": "/", "page": "/cart"}}'),
+        400,
+    ),
     "an XML body": (Case("POST", VIEWED, b"<page/>", "text/xml"), 415),
     "a multipart form": (
         Case("POST", VIEWED, b"--b\r\n\r\n--b--\r\n", "multipart/form-data; boundary=b"),

@@ -317,6 +317,42 @@ def test_a_repeated_key_is_refused(server, deals, query, form, message):
     assert deals.RECEIVED == []
 
 
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        (b'{"event": "deals.DealClick", "data": {"deal_id": 1, "deal_id": 2}}', "deal_id"),
+        (b'{"event": "deals.DealClick", "data": {}, "event": "deals.Refund"}', "event"),
+        (b'{"data": {"deal_id": 1}, "data": {"deal_id": 2}, "event": "deals.DealClick"}', "data"),
+        (b'{"event": "deals.DealClick", "data": {"cart": {"sku": "a", "sku": "b"}}}', "sku"),
+        (b'{"event": "deals.DealClick", "data": {"cart": [1, [{"n": 1, "n": 1}]]}}', "n"),
+        (b'{"event": "deals.DealClick", "data": {"caf\\u00e9": 1, "caf\xc3\xa9": 2}}', "café"),
+    ],
+    ids=["data", "event", "body", "nested object", "object in a list", "escaped"],
+)
+def test_a_key_given_twice_in_a_json_object_is_refused(server, deals, body, key):
+    """At any depth, even with the same value twice, or once escaped: the
+    last value is never silently kept."""
+    reply = post_json(server, body)
+
+    message = f"the key {key!r} is given twice in the same object of the JSON body"
+    assert_error(reply, 400, message)
+    assert deals.RECEIVED == []
+
+
+def test_the_same_key_in_different_json_objects_is_kept(server, deals):
+    data = {"deal_id": 1, "cart": {"deal_id": 2}, "items": [{"deal_id": 3}, {"deal_id": 4}]}
+
+    assert accepted(post_json(server, as_json("deals.DealClick", data)), deals).data == data
+
+
+def test_a_long_key_given_twice_is_named_by_its_start(server, deals):
+    key = "k" * 300
+    body = f'{{"event": "deals.DealClick", "data": {{"{key}": 1, "{key}": 2}}}}'.encode()
+
+    message = f"the key {'k' * 40!r}... is given twice in the same object of the JSON body"
+    assert_error(post_json(server, body), 400, message)
+
+
 def test_an_empty_value_is_kept_as_the_empty_string(server, deals):
     reply = post_form(server, "coupon=&note", query="__event__=deals.DealClick&ref=")
 
