@@ -52,6 +52,7 @@ from .exceptions import (
     SerializationError,
     ValidationError,
 )
+from .serialization import _refuse_constant
 
 if TYPE_CHECKING:
     from .event import BaseEvent
@@ -325,10 +326,6 @@ def _unique_keys(pairs: Iterable[tuple[str, Any]], where: str, advice: str = "")
             )
         parsed[key] = value
     return parsed
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
