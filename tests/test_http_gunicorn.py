@@ -1,5 +1,5 @@
-"""The HTTP endpoint under gunicorn: chunked request bodies, over loopback
-to a real server in a process of its own.
+"""The HTTP endpoint under gunicorn: chunked request bodies, and random
+requests, over loopback to a real server in a process of its own.
 
 gunicorn serves ``eventlib.http``'s application with one synchronous
 worker (:func:`tests.http_requests.serve_deals`).  Its handlers run in
@@ -15,12 +15,17 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from .http_requests import (
     ALLOWED,
     LIMIT,
     PUBLIC_EVENTS,
+    SERVER_METHODS,
     Served,
+    check_response,
+    http_requests,
+    send,
     serve_deals,
 )
 from .http_server import TIMEOUT
@@ -127,3 +132,28 @@ def test_a_key_given_twice_in_a_chunked_json_body_is_refused(served):
         400,
         {"error": "the key 'deal_id' is given twice in the same object of the JSON body"},
     )
+
+
+def test_no_request_crashes_the_endpoint_under_gunicorn(served):
+    """Random requests over loopback, many of them chunked: every answer
+    is the endpoint's JSON with one of its statuses (never a 5xx, never a
+    411 under a server that ends chunked bodies), and the handler of every
+    accepted event got the data sent; no event browsers may not log ran."""
+
+    @settings(
+        max_examples=400,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(http_requests(SERVER_METHODS, pages=True))
+    def check(request):
+        reply = send(served.server, request)
+        check_response(request, reply.status, reply.headers, reply.body, served.handled_event)
+        assert reply.status != 411
+
+    check()
+
+    assert served.handled("leaked") == []
+    assert served.handled(), "no request was accepted"
