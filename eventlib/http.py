@@ -14,10 +14,13 @@ What a request may carry:
   "data": {...}}``, so that numbers, lists and nested objects survive.
 
 Values from the query string or a form are strings; an empty value is the
-empty string; a key given twice is refused (send a list in JSON instead);
-text is UTF-8.  Whatever a browser sends is plain data: a value shaped like
-one of eventlib's tagged values is kept as the dict it is, never decoded into
-a registered type.
+empty string; a key given twice is refused (send a list in JSON instead), as
+is a key given twice in one object of a JSON body; text is UTF-8.  A body
+without a ``Content-Length`` (a chunked one) is read when the server says
+where it ends (``wsgi.input_terminated``, as gunicorn does), and
+refused with 411 Length Required otherwise.  Whatever a browser sends is
+plain data: a value shaped like one of eventlib's tagged values is kept as
+the dict it is, never decoded into a registered type.
 
 Only events whose class says ``public = True`` (or whose name is in
 ``public_events``) may be logged; any other event answers 403, an unknown one
@@ -52,6 +55,7 @@ from .exceptions import (
     SerializationError,
     ValidationError,
 )
+from .serialization import _refuse_constant
 
 if TYPE_CHECKING:
     from .event import BaseEvent
@@ -136,6 +140,13 @@ class RequestError(Exception):
         self.status = status
 
 
+class BodyTooLarge(RequestError):
+    """Refuse a body over ``limit`` bytes: 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {limit} bytes")
+
+
 def handle_log(request: Request, options: Options) -> Response:
     """Log the event a ``POST <path>/log`` request describes.
 
@@ -147,6 +158,8 @@ def handle_log(request: Request, options: Options) -> Response:
     event that is not public; 404 for an unknown event; 405 for any method but
     POST (and OPTIONS); 413 for a body over ``max_body``; 415 for an
     unsupported content type; 503 when the broker cannot take the event.
+    (411 for a body that cannot be read comes from :func:`read_body`, before
+    a :class:`Request` is made.)
     """
     try:
         return _handle_log(request, options)
@@ -173,10 +186,7 @@ def _handle_log(request: Request, options: Options) -> Response:
 
 def _log(request: Request, options: Options, cors: tuple[tuple[str, str], ...]) -> Response:
     if len(request.body) > options.max_body:
-        raise RequestError(
-            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-            f"the body is over {options.max_body} bytes",
-        )
+        raise BodyTooLarge(options.max_body)
     name, data = _read_event(request, options)
     _check_data(data, options)
     try:
@@ -310,24 +320,34 @@ def _parse_pairs(text: str, where: str) -> dict[str, str]:
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False, errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise RequestError(HTTPStatus.BAD_REQUEST, f"the {where} is not UTF-8") from None
-    parsed: dict[str, str] = {}
+    return _unique_keys(pairs, where, "; send a list in a JSON body")
+
+
+def _unique_keys(pairs: Iterable[tuple[str, Any]], where: str, advice: str = "") -> dict[str, Any]:
+    """``pairs`` as a dict; a key given twice is refused (400) rather than
+    half-kept."""
+    parsed: dict[str, Any] = {}
     for key, value in pairs:
         if key in parsed:
+            shown = repr(key) if len(key) <= 40 else f"{key[:40]!r}..."
             raise RequestError(
-                HTTPStatus.BAD_REQUEST,
-                f"the key {key!r} is given twice in the {where}; send a list in a JSON body",
+                HTTPStatus.BAD_REQUEST, f"the key {shown} is given twice in the {where}{advice}"
             )
         parsed[key] = value
     return parsed
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return _unique_keys(pairs, "same object of the JSON body")
 
 
 def _read_json(raw: bytes) -> tuple[str | None, dict[str, Any]]:
     try:
-        body = json.loads(_decode_text(raw, "body"), parse_constant=_refuse_constant)
+        body = json.loads(
+            _decode_text(raw, "body"),
+            object_pairs_hook=_json_object,
+            parse_constant=_refuse_constant,
+        )
     except (ValueError, RecursionError) as error:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {error}") from None
     if not isinstance(body, dict) or not set(body) <= {"event", "data"}:
@@ -476,8 +496,8 @@ def make_application(**options: Any) -> WSGIApplication:
         if path != f"{settings.path}/log":
             return _respond(start_response, _error(HTTPStatus.NOT_FOUND, f"no endpoint at {path}"))
         try:
-            body = _read_body(environ, settings.max_body)
-            query_string = _wsgi_query(environ.get("QUERY_STRING", ""))
+            body = read_body(environ, settings.max_body)
+            query_string = wsgi_query(environ.get("QUERY_STRING", ""))
         except RequestError as error:
             return _respond(start_response, _error(error.status, str(error)))
         request = Request(
@@ -486,12 +506,12 @@ def make_application(**options: Any) -> WSGIApplication:
             content_type=environ.get("CONTENT_TYPE", ""),
             body=body,
             headers={
-                key[5:].replace("_", "-").lower(): _wsgi_text(value)
+                key[5:].replace("_", "-").lower(): header_text(value)
                 for key, value in environ.items()
                 if key.startswith("HTTP_")
             },
             remote_address=environ.get("REMOTE_ADDR"),
-            host=_wsgi_text(environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")),
+            host=header_text(environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")),
         )
         try:
             response = handle_log(request, settings)
@@ -503,30 +523,77 @@ def make_application(**options: Any) -> WSGIApplication:
     return application
 
 
-def _wsgi_text(value: str) -> str:
-    """WSGI gives headers and the query string as latin-1 text of the raw
-    bytes; read them as the UTF-8 browsers send."""
-    return value.encode("latin-1").decode("utf-8", errors="replace")
+def header_text(value: str) -> str:
+    """A header value as the UTF-8 text browsers send: WSGI (and Django
+    under WSGI) gives headers as the latin-1 text of their bytes.  Bytes
+    that are not UTF-8 become U+FFFD; text that is no such thing (already
+    decoded, as Django under ASGI gives it) is kept."""
+    try:
+        return value.encode("latin-1").decode("utf-8", errors="replace")
+    except UnicodeEncodeError:
+        return value
 
 
-def _wsgi_query(value: str) -> str:
-    """The query string, strictly UTF-8 (400 otherwise)."""
+def wsgi_query(value: str) -> str:
+    """The WSGI query string (the latin-1 text of its bytes) as UTF-8 text.
+
+    Raises :class:`RequestError` (400) when its bytes are not UTF-8."""
     try:
         return value.encode("latin-1").decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeError:
         raise RequestError(HTTPStatus.BAD_REQUEST, "the query string is not UTF-8") from None
 
 
-def _read_body(environ: dict[str, Any], limit: int) -> bytes:
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise RequestError(HTTPStatus.BAD_REQUEST, "invalid Content-Length") from None
+def content_length(environ: Mapping[str, Any], limit: int) -> int | None:
+    """The ``CONTENT_LENGTH`` of a WSGI ``environ`` (or of Django's
+    ``request.META``), or ``None`` when the request has none.
+
+    Raises :class:`RequestError`: 400 for a length that is not a number of
+    bytes, 413 for one over ``limit``, before anything is read."""
+    value = (environ.get("CONTENT_LENGTH") or "").strip()
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise RequestError(HTTPStatus.BAD_REQUEST, "invalid Content-Length")
+    length = int(value)
     if length > limit:
-        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {limit} bytes")
-    if length <= 0:
-        return b""
-    return environ["wsgi.input"].read(length)  # type: ignore[no-any-return]
+        raise BodyTooLarge(limit)
+    return length
+
+
+def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
+    """The body of the WSGI request ``environ``, of at most ``limit`` bytes.
+
+    With a ``Content-Length``, that many bytes (see :func:`content_length`
+    for its refusals).  Without one, the body ends where the server says it
+    does: with ``wsgi.input_terminated`` set (gunicorn sets it, for a
+    chunked body say), ``wsgi.input`` is read to its end, and refused (413)
+    as soon as more than ``limit`` bytes came, reading no further.  A server
+    that does not set it cannot tell where such a body ends: a request that
+    has one (a ``Transfer-Encoding`` header says so) is refused (411 Length
+    Required), and any other has no body.
+    """
+    length = content_length(environ, limit)
+    if length is not None:
+        return environ["wsgi.input"].read(length) if length else b""  # type: ignore[no-any-return]
+    if environ.get("wsgi.input_terminated"):
+        return _read_to_end(environ["wsgi.input"], limit)
+    if environ.get("HTTP_TRANSFER_ENCODING"):
+        raise RequestError(
+            HTTPStatus.LENGTH_REQUIRED,
+            "this server cannot read a body without a Content-Length (a chunked one): "
+            "send a Content-Length",
+        )
+    return b""
+
+
+def _read_to_end(stream: Any, limit: int) -> bytes:
+    body = bytearray()
+    while chunk := stream.read(limit + 1 - len(body)):
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(limit)
+    return bytes(body)
 
 
 def _respond(start_response: StartResponse, response: Response) -> list[bytes]:

@@ -20,17 +20,28 @@ would have written to stderr about an exception escaping the application
 (its plain-text "500 A server error occurred") is kept in
 :attr:`LiveServer.errors`, so a test can assert that the application never
 let one escape.
+
+:func:`serve_gunicorn` serves an application with gunicorn instead, in a
+process of its own, for what wsgiref cannot do (a chunked request body,
+which it cannot read) or to test the server a site deploys with::
+
+    with serve_gunicorn("endpoint:application", cwd=app_dir) as server:
+        reply = server.request("POST", "/event/log", iter([b"a=", b"1"]))
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -116,11 +127,9 @@ class Reply:
 
 
 @dataclass
-class LiveServer:
-    """A running server; see :func:`serve`."""
+class Loopback:
+    """A server listening on a loopback address: what a client needs."""
 
-    httpd: ThreadingWSGIServer
-    thread: threading.Thread
     #: ``127.0.0.1``.
     host: str
     port: int
@@ -141,11 +150,6 @@ class LiveServer:
         ``Origin``: the same as :attr:`url`."""
         return self.url
 
-    @property
-    def errors(self) -> list[str]:
-        """What wsgiref wrote about exceptions that escaped the application."""
-        return list(self.httpd.error_log.entries)
-
     def connection(self) -> http.client.HTTPConnection:
         """A new connection to the server; close it when done."""
         return http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
@@ -154,13 +158,15 @@ class LiveServer:
         self,
         method: str,
         target: str,
-        body: bytes | str | None = None,
+        body: bytes | str | Iterable[bytes] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
         """Send one request on a new connection and read the whole reply.
 
         ``http.client`` adds ``Host`` (this server's ``host:port``) and, for
-        a body, ``Content-Length``; ``headers`` may override either.
+        a body, ``Content-Length``; ``headers`` may override either.  A body
+        that is an iterable of bytes (not bytes or str) is sent chunked
+        (``Transfer-Encoding: chunked``), each non-empty item a chunk.
         """
         connection = self.connection()
         try:
@@ -184,6 +190,19 @@ class LiveServer:
                 response.close()
 
 
+@dataclass
+class LiveServer(Loopback):
+    """A running server; see :func:`serve`."""
+
+    httpd: ThreadingWSGIServer
+    thread: threading.Thread
+
+    @property
+    def errors(self) -> list[str]:
+        """What wsgiref wrote about exceptions that escaped the application."""
+        return list(self.httpd.error_log.entries)
+
+
 @contextmanager
 def serve(application: Any, host: str = "127.0.0.1") -> Iterator[LiveServer]:
     """Serve the WSGI ``application`` on ``host`` and a free port for the
@@ -198,8 +217,76 @@ def serve(application: Any, host: str = "127.0.0.1") -> Iterator[LiveServer]:
     )
     thread.start()
     try:
-        yield LiveServer(httpd, thread, host, httpd.server_port)
+        yield LiveServer(host, httpd.server_port, httpd, thread)
     finally:
         httpd.shutdown()
         thread.join(TIMEOUT)
         httpd.server_close()
+
+
+@dataclass
+class ServerProcess(Loopback):
+    """A server running in a process of its own; see :func:`serve_gunicorn`."""
+
+    process: subprocess.Popen[bytes]
+    #: Where the server writes its log.
+    log: Path
+
+    def output(self) -> str:
+        """What the server has written to its log so far."""
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def serve_gunicorn(
+    application: str,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    host: str = "127.0.0.1",
+) -> Iterator[ServerProcess]:
+    """Serve ``application`` (gunicorn's ``module:name``, imported from
+    ``cwd``) with gunicorn, one synchronous worker, in a process of its own,
+    on ``host`` and a free port, for the duration of the ``with`` block;
+    ``env`` is added to the environment.
+
+    The socket is bound and listening before gunicorn starts (gunicorn
+    takes it as ``fd://N``), so a request sent at once waits in its backlog
+    until the worker is up: no waiting, no sleeping.  Leaving the block
+    stops gunicorn and waits for it; a gunicorn that had stopped on its own
+    (say, the application failed to import) fails the test with its log."""
+    listener = socket.create_server((host, 0))
+    listener.set_inheritable(True)
+    log = cwd / "gunicorn.log"
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        f"--bind=fd://{listener.fileno()}",
+        "--workers=1",
+        "--log-level=warning",
+        application,
+    ]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env={**os.environ, "PYTHONPATH": str(cwd), **(env or {})},
+            pass_fds=(listener.fileno(),),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    port = listener.getsockname()[1]
+    listener.close()  # gunicorn has its own copy
+    server = ServerProcess(host, port, process, log)
+    try:
+        yield server
+    finally:
+        stopped = process.poll()
+        process.terminate()
+        try:
+            process.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if stopped is not None:
+        raise AssertionError(f"gunicorn stopped with {stopped}:\n{server.output()}")

@@ -51,6 +51,7 @@ from eventlib.registry import HANDLER_REGISTRY
 from eventlib.sending import spool_status
 
 from .conftest import DjangoReady
+from .http_requests import Served, serve_deals
 
 SITE = "http://testserver"
 SCRIPT = files("eventlib") / "static" / "eventlib.js"
@@ -530,6 +531,29 @@ REFUSALS = {
         Case("POST", VIEWED, b'{"data": {"page": "' + b"x" * 100 + b'"}}'),
         413,
     ),
+    "a query string that is not UTF-8": (
+        Case(
+            "POST",
+            VIEWED,
+            b"page=/",
+            FORM,
+            environ={"QUERY_STRING": "__event__=storefront.PageViewed&note=caf\xe9"},
+        ),
+        400,
+    ),
+    "a key given twice in a JSON object": (
+        Case("POST", VIEWED, b'{"data": {"page": "/", "page": "/cart"}}'),
+        400,
+    ),
+    "a chunked body the server does not end": (
+        Case(
+            "POST",
+            VIEWED,
+            b'{"data": {"page": "/"}}',
+            environ={"CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked"},
+        ),
+        411,
+    ),
     "an XML body": (Case("POST", VIEWED, b"<page/>", "text/xml"), 415),
     "a multipart form": (
         Case("POST", VIEWED, b"--b\r\n\r\n--b--\r\n", "multipart/form-data; boundary=b"),
@@ -686,3 +710,107 @@ def test_the_static_tag_gives_the_collected_script(django_site, tmp_path):
     assert url.startswith("/static/eventlib/eventlib.")
     assert url != "/static/eventlib/eventlib.js"  # the manifest's name, with the content's hash
     assert (tmp_path / url.removeprefix("/static/")).read_bytes() == SCRIPT.read_bytes()
+
+
+# ------------------------------------- chunked bodies, under gunicorn ---
+
+SITE_FILES = {
+    "site_settings.py": """
+        SECRET_KEY = "tests only"
+        ALLOWED_HOSTS = ["127.0.0.1"]
+        ROOT_URLCONF = "site_urls"
+        INSTALLED_APPS = ["eventlib.contrib.django", "deals"]
+        MIDDLEWARE = ["django.middleware.csrf.CsrfViewMiddleware"]
+        DATABASES = {}
+        EVENTLIB_ALWAYS_EAGER = True
+        EVENTLIB_APPS = ["deals"]
+    """,
+    "site_urls.py": """
+        from django.http import HttpResponse
+        from django.middleware.csrf import get_token
+        from django.urls import include, path
+
+
+        def form_page(request):
+            return HttpResponse(get_token(request))
+
+
+        urlpatterns = [
+            path("event/", include("eventlib.contrib.django.urls")),
+            path("form", form_page),
+        ]
+    """,
+    "site_wsgi.py": """
+        from django.core.wsgi import get_wsgi_application
+
+        import recorder
+
+        application = get_wsgi_application()
+        recorder.record_deals()
+    """,
+}
+
+
+@pytest.fixture(scope="module")
+def django_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A Django site with the views at ``/event/`` and a page with a CSRF
+    token at ``/form``, under gunicorn, logging events of the ``deals``
+    app (tests/http_requests.py)."""
+    root = tmp_path_factory.mktemp("django-gunicorn")
+    environ = {"DJANGO_SETTINGS_MODULE": "site_settings"}
+    with serve_deals(root, "site_wsgi:application", SITE_FILES, environ) as served:
+        yield served
+    assert "Internal Server Error" not in served.server.output()
+
+
+def test_under_gunicorn_a_chunked_form_reaches_the_handler(django_served):
+    """Django's own request reads no body without a Content-Length: the
+    view reads it as the WSGI application does."""
+    reply = django_served.post("__event__=deals.DealClick", iter([b"deal_id=4", b"2"]), FORM)
+
+    assert django_served.accepted(reply) == {"deal_id": "42"}
+
+
+def test_under_gunicorn_a_chunked_json_body_reaches_the_handler(django_served):
+    chunks = [b'{"event": "deals.DealClick", "da', b'ta": {"cart": [1, 2]}}']
+
+    reply = django_served.post("", iter(chunks), "application/json")
+
+    assert django_served.accepted(reply) == {"cart": [1, 2]}
+
+
+def csrf_pair(served: Served) -> tuple[str, str]:
+    """A CSRF token of the site's form page and the cookie it goes with."""
+    page = served.server.request("GET", "/form")
+    return page.body.decode(), page.headers["Set-Cookie"].partition(";")[0]
+
+
+def test_under_gunicorn_django_checks_the_csrf_token_of_a_chunked_form(django_served):
+    token, cookie = csrf_pair(django_served)
+    chunks = [b"deal_id=7&csrfmiddle", f"waretoken={token}".encode()]
+
+    reply = django_served.post(
+        "__event__=deals.DealClick", iter(chunks), FORM, headers={"Cookie": cookie}
+    )
+    wrong = django_served.post(
+        "__event__=deals.DealClick",
+        iter([b"deal_id=8&csrfmiddlewaretoken=", b"x" * len(token)]),
+        FORM,
+        headers={"Cookie": cookie},
+    )
+
+    assert django_served.accepted(reply) == {"deal_id": "7"}
+    assert (wrong.status, wrong.json()) == (
+        403,
+        {"error": "CSRF verification failed: CSRF token from POST incorrect."},
+    )
+
+
+def test_under_gunicorn_a_chunked_body_over_max_body_is_refused(django_served):
+    before = django_served.handled()
+    chunks = [b"deal_id=1&note=", b"x" * 4000, b"y" * 4000, b"z" * 4000, b"w" * 4000, b"v" * 400]
+
+    reply = django_served.post("__event__=deals.DealClick", iter(chunks), FORM)
+
+    assert (reply.status, reply.json()) == (413, {"error": "the body is over 16384 bytes"})
+    assert django_served.handled() == before

@@ -38,7 +38,7 @@ from django.utils.log import log_response
 from django.views.decorators.csrf import csrf_exempt
 
 from eventlib import http
-from eventlib.http import Options, Request, RequestError, Response, handle_log
+from eventlib.http import BodyTooLarge, Options, Request, RequestError, Response, handle_log
 
 from .apps import HTTP_SETTING
 
@@ -209,29 +209,33 @@ def _eventlib_request(request: HttpRequest, options: Options) -> Request:
     return Request(
         method=request.method or "GET",
         # ASGI requests hold the query string decoded already.
-        query_string=_utf8(query_string) if isinstance(request, WSGIRequest) else query_string,
+        query_string=http.wsgi_query(query_string)
+        if isinstance(request, WSGIRequest)
+        else query_string,
         content_type=content_type,
         body=body,
-        headers={name.lower(): _utf8(value) for name, value in request.headers.items()},
+        headers={name.lower(): http.header_text(value) for name, value in request.headers.items()},
         remote_address=request.META.get("REMOTE_ADDR"),
         host=request.get_host(),
     )
 
 
 def _read_body(request: HttpRequest, limit: int) -> bytes:
-    """The body, refused (413) by its ``Content-Length`` before it is read
-    when it is over ``limit``."""
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise RequestError(HTTPStatus.BAD_REQUEST, "invalid Content-Length") from None
-    too_large = RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {limit} bytes")
-    if length > limit:
-        raise too_large
+    """The body, as :func:`eventlib.http.read_body` reads it: refused (413)
+    by its ``Content-Length`` before it is read when it is over ``limit``.
+
+    Under WSGI, Django takes a body without a ``Content-Length`` (a chunked
+    one) for empty: the WSGI application's reading of it (to the end the
+    server says it has, 413 over ``limit``, or 411) is given to Django's
+    request, where its CSRF check reads the form too."""
+    length = http.content_length(request.META, limit)
+    if length is None and isinstance(request, WSGIRequest):
+        # Django's own stream of it is empty; wsgi.input is still unread.
+        request._body = http.read_body(request.META, limit)
     try:
         return request.body
     except RequestDataTooBig:  # DATA_UPLOAD_MAX_MEMORY_SIZE is below max_body
-        raise too_large from None
+        raise BodyTooLarge(limit) from None
     except RawPostDataException:
         # A middleware read a multipart body through request.POST; such a
         # body is refused (415) for its content type anyway.
@@ -250,16 +254,6 @@ def _without_csrf_token(body: bytes) -> tuple[bytes, bool]:
         if unquote_to_bytes(pair.partition(b"=")[0].replace(b"+", b" ")) != field
     ]
     return b"&".join(kept), len(kept) < len(pairs)
-
-
-def _utf8(value: str) -> str:
-    """Django keeps header values (and under WSGI the query string) as the
-    latin-1 text of their bytes; read them as the UTF-8 browsers send, as
-    the WSGI application does.  Text that is no such thing is kept."""
-    try:
-        return value.encode("latin-1").decode("utf-8", errors="replace")
-    except UnicodeEncodeError:
-        return value
 
 
 def _json_response(response: Response) -> HttpResponse:
