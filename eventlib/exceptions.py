@@ -50,17 +50,23 @@ class ValidationError(EventlibError, ValueError):
 
 
 class SerializationError(EventlibError, TypeError):
-    """A value in an event's data has no JSON form.
+    """A value in an event's data has no JSON form, or the data nests too
+    deeply.
 
     The message names the key path and the type, for example
-    ``data['user']['joined']: cannot serialize object of type Foo``.
+    ``data['user']['joined']: cannot serialize object of type Foo``, or what
+    else is wrong there: a string with a lone surrogate, a non-string key, a
+    float JSON does not have, data nested more than
+    :data:`~eventlib.serialization.MAX_DEPTH` levels deep.  Raised while
+    serializing an event, it has a note naming the event.
     """
 
 
 class DeserializationError(EventlibError, ValueError):
-    """A payload could not be turned back into event data: it is not valid
-    JSON, it is not an eventlib payload, or it holds a tagged value whose type
-    is not registered in this process."""
+    """A payload could not be turned back into event data: it is not JSON
+    text, not valid JSON, not an eventlib payload, nested more than
+    :data:`~eventlib.serialization.MAX_DEPTH` levels deep, or it holds a
+    tagged value whose type is not registered in this process."""
 
 
 class DispatchError(EventlibError):
