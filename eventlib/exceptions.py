@@ -39,9 +39,11 @@ class InvalidEventName(EventlibError, ValueError):
 class EventNotFound(EventlibError, LookupError):
     """The name is well formed but no event class answers to it.
 
-    The message is always ``There is no event named <Class> in the <app> app``;
-    when the app has no ``events`` module at all, the import error is chained as
-    the ``__cause__``.
+    The message is always ``There is no event named <Class> in the <app> app``,
+    followed by ``: <app> is not among the configured apps`` when the ``apps``
+    setting names apps and not this one (nothing was imported then); when the
+    app has no ``events`` module at all, the import error is chained as the
+    ``__cause__``.
     """
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import importlib
 import json
 import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import eventlib
-from eventlib import SerializationError
+from eventlib import EventNotFound, SerializationError
 from eventlib.dispatch import spool_status
 from eventlib.http import application
 
@@ -33,6 +34,20 @@ SHOP_EVENTS = """
         @handler
         def keep(self):
             RECEIVED.append(self.data)
+"""
+
+SIDE_EFFECTS = """
+    from eventlib import BaseEvent, handler
+
+    RAN = []
+
+
+    class Boom(BaseEvent):
+        public = True
+
+        @handler
+        def explode(self):
+            RAN.append(self.id)
 """
 
 NOTE = "raised serializing the data of the event shop.Signup; nothing was sent"
@@ -60,6 +75,7 @@ DEPTH_MESSAGE = (
 @pytest.fixture
 def shop(isolation) -> Any:
     isolation.write("shop/events.py", SHOP_EVENTS)
+    isolation.write("sidefx/events.py", SIDE_EFFECTS)
     eventlib.configure(apps=["shop"])
     return importlib.import_module("shop.events")
 
@@ -137,6 +153,18 @@ def test_log_accepts_data_at_the_maximum_depth(shop):
 
     [received] = shop.RECEIVED
     assert received == data
+
+
+def test_log_refuses_an_event_outside_the_configured_apps_and_imports_nothing(shop):
+    eventlib.configure(always_eager=True)
+
+    with pytest.raises(EventNotFound) as raised:
+        eventlib.log("sidefx.Boom", {})
+
+    assert str(raised.value) == (
+        "There is no event named Boom in the sidefx app: sidefx is not among the configured apps"
+    )
+    assert "sidefx" not in sys.modules
 
 
 # ------------------------------------------------------ the HTTP endpoint ---

@@ -435,6 +435,52 @@ def test_json_that_is_not_a_payload(shop):
     assert shop.CALLS == []
 
 
+SIDE_EFFECTS = """
+    from eventlib import BaseEvent, handler
+
+    RAN = []
+
+
+    class Boom(BaseEvent):
+        @handler
+        def explode(self):
+            RAN.append(self.id)
+"""
+
+
+def test_an_event_outside_the_configured_apps_is_a_dead_letter_and_imports_nothing(shop, isolation):
+    isolation.write("sidefx/events.py", SIDE_EFFECTS)
+    eventlib.configure(apps=["shop"])
+    event_id, payload = payload_of(shop.Refund, {})
+
+    with pytest.raises(eventlib.EventNotFound) as error:
+        eventlib.process("sidefx.Boom", payload)
+
+    reason = (
+        "There is no event named Boom in the sidefx app: sidefx is not among the configured apps"
+    )
+    assert str(error.value) == reason
+    assert "sidefx" not in sys.modules
+    assert "sidefx.events" not in sys.modules
+    assert dead_letters() == [
+        ("sidefx.Boom", event_id, payload, None, 1, f"EventNotFound: {reason}")
+    ]
+
+
+def test_an_event_found_before_the_apps_were_set_is_refused_after(shop, isolation):
+    isolation.write("sidefx/events.py", SIDE_EFFECTS)
+    sidefx = importlib.import_module("sidefx.events")
+    _, payload = payload_of(sidefx.Boom, {})
+    assert eventlib.process("sidefx.Boom", payload).ok  # no apps: any app's events
+    eventlib.configure(apps=["shop"])
+
+    with pytest.raises(eventlib.EventNotFound, match="sidefx is not among the configured apps"):
+        eventlib.process("sidefx.Boom", payload)
+
+    assert len(sidefx.RAN) == 1
+    assert eventlib.process("shop.Refund", payload_of(shop.Refund, {})[1]).ok
+
+
 # ------------------------------------------------------------ Celery task ---
 
 
