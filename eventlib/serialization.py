@@ -37,11 +37,14 @@ T = TypeVar("T")
 TAG = "__eventlib__"
 VALUE = "value"
 
-#: How deeply event data may nest: the data mapping is level 1, and every
-#: dict, list or tuple and every value of a registered type (a tagged value,
-#: itself a JSON object) adds one level.  Serialization refuses deeper data
-#: with :class:`~eventlib.SerializationError`, deserialization with
-#: :class:`~eventlib.DeserializationError`.
+#: How deeply event data may nest, counted in the JSON written: the data
+#: mapping is level 1, and every dict, list or tuple and every value of a
+#: registered type (a tagged value, itself a JSON object) adds one level (a
+#: dict holding the key ``__eventlib__``, written as a list of pairs, three).
+#: Serialization refuses deeper data with
+#: :class:`~eventlib.SerializationError`, deserialization with
+#: :class:`~eventlib.DeserializationError`, so that the worker reads
+#: whatever ``log()`` accepts.
 MAX_DEPTH = 100
 
 _PLAIN = frozenset({int, bool, type(None)})

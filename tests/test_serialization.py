@@ -1090,10 +1090,11 @@ INNERMOST = [
 @pytest.mark.parametrize(("inner", "inner_depth"), INNERMOST)
 def test_data_at_the_maximum_depth_is_written_and_read(inner, inner_depth):
     register_type(Money, encode=lambda m: [m.amount, m.currency], decode=lambda v: Money(*v))
-    data = {"v": nest(inner, serialization.MAX_DEPTH - 1 - inner_depth)}
+    levels = serialization.MAX_DEPTH - 1 - inner_depth
+    data = {"v": nest(inner, levels)}
     assert json_depth(json.loads(dumps(data))) == serialization.MAX_DEPTH
 
-    expected = {"v": nest(inner if not isinstance(inner, tuple) else [], 99 - inner_depth)}
+    expected = {"v": nest([] if isinstance(inner, tuple) else inner, levels)}
     assert loads(dumps(data)) == expected
     assert deserialize_event(serialize_event(BaseEvent(data))).data == expected
 
@@ -1102,7 +1103,8 @@ def test_data_at_the_maximum_depth_is_written_and_read(inner, inner_depth):
 def test_one_level_more_is_refused_by_both_ends(inner, inner_depth):
     """What log() refuses, the worker refuses; what it accepts, the worker reads."""
     register_type(Money, encode=lambda m: [m.amount, m.currency], decode=lambda v: Money(*v))
-    data = {"v": nest(inner, serialization.MAX_DEPTH - inner_depth)}
+    levels = serialization.MAX_DEPTH - 1 - inner_depth
+    data = {"v": nest(inner, levels + 1)}
 
     with pytest.raises(SerializationError) as excinfo:
         dumps(data)
@@ -1114,7 +1116,7 @@ def test_one_level_more_is_refused_by_both_ends(inner, inner_depth):
         serialize_event(BaseEvent(data))
 
     # The same data as another writer would send it.
-    written = {"v": [json.loads(dumps({"v": nest(inner, 99 - inner_depth)}))["v"]]}
+    written = {"v": [json.loads(dumps({"v": nest(inner, levels)}))["v"]]}
     assert json_depth(written) == serialization.MAX_DEPTH + 1
     refusal = r"^invalid JSON payload: data nested more than 100 levels deep"
     with pytest.raises(DeserializationError, match=refusal):
