@@ -2,7 +2,9 @@
 
 ``'shop.orders.Refund'`` names the class ``Refund`` in the module
 ``shop.orders.events``: the class name is what follows the last dot, the app is
-everything before it.
+everything before it.  When the ``apps`` setting names apps, only their events
+are found: a name of any other app is refused without importing anything, so
+that whoever can write to the broker cannot make a worker import a module.
 """
 
 from __future__ import annotations
@@ -24,9 +26,6 @@ EVENTS_MODULE = "events"
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
 _NAME = re.compile(rf"(?P<app>{_IDENTIFIER}(?:\.{_IDENTIFIER})*)\.(?P<event>{_IDENTIFIER})")
 
-_cache: dict[str, type[BaseEvent]] = {}
-_cache_lock = threading.Lock()
-
 
 class EventName(NamedTuple):
     """An event name split in its two parts."""
@@ -38,6 +37,10 @@ class EventName(NamedTuple):
     def module(self) -> str:
         """The module that declares the event, ``'<app>.events'``."""
         return f"{self.app}.{EVENTS_MODULE}"
+
+
+_cache: dict[str, tuple[EventName, type[BaseEvent]]] = {}
+_cache_lock = threading.Lock()
 
 
 def parse_event_name(name: str) -> EventName:
@@ -65,16 +68,37 @@ def find_event(name: str) -> type[BaseEvent]:
     Raises :class:`~eventlib.InvalidEventName` for a malformed name and
     :class:`~eventlib.EventNotFound` (``There is no event named Refund in the
     shop.orders app``) when the module has no such event class or the app has
-    no ``events`` module.  Any other error raised while importing the module
-    propagates unchanged, so a broken events module is reported as itself.
+    no ``events`` module.  When the ``apps`` setting is not empty and the app
+    is not one of them (exactly: ``'shop'`` does not admit ``'shop.orders'``),
+    it raises ``EventNotFound`` saying so, and imports nothing.  Any other
+    error raised while importing the module propagates unchanged, so a broken
+    events module is reported as itself.
     """
-    try:
-        return _cache[name]
-    except KeyError:
-        pass
+    apps = get_settings().apps
+    cached = _cache.get(name) if isinstance(name, str) else None
+    if cached is not None:
+        parsed, event_class = cached
+        _check_configured(parsed, apps)
+        return event_class
+    parsed = parse_event_name(name)
+    _check_configured(parsed, apps)
+    event_class = _import_event(parsed)
+    with _cache_lock:
+        _cache[name] = (parsed, event_class)
+    return event_class
+
+
+def _check_configured(parsed: EventName, apps: tuple[str, ...]) -> None:
+    if apps and parsed.app not in apps:
+        raise EventNotFound(
+            f"There is no event named {parsed.event} in the {parsed.app} app: "
+            f"{parsed.app} is not among the configured apps"
+        )
+
+
+def _import_event(parsed: EventName) -> type[BaseEvent]:
     from .event import BaseEvent
 
-    parsed = parse_event_name(name)
     not_found = EventNotFound(f"There is no event named {parsed.event} in the {parsed.app} app")
     try:
         module = importlib.import_module(parsed.module)
@@ -86,8 +110,6 @@ def find_event(name: str) -> type[BaseEvent]:
     is_event = isinstance(candidate, type) and issubclass(candidate, BaseEvent)
     if not is_event or candidate is BaseEvent:
         raise not_found
-    with _cache_lock:
-        _cache[name] = candidate
     return candidate
 
 

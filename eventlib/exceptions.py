@@ -39,9 +39,11 @@ class InvalidEventName(EventlibError, ValueError):
 class EventNotFound(EventlibError, LookupError):
     """The name is well formed but no event class answers to it.
 
-    The message is always ``There is no event named <Class> in the <app> app``;
-    when the app has no ``events`` module at all, the import error is chained as
-    the ``__cause__``.
+    The message is always ``There is no event named <Class> in the <app> app``,
+    followed by ``: <app> is not among the configured apps`` when the ``apps``
+    setting names apps and not this one (nothing was imported then); when the
+    app has no ``events`` module at all, the import error is chained as the
+    ``__cause__``.
     """
 
 
@@ -50,17 +52,23 @@ class ValidationError(EventlibError, ValueError):
 
 
 class SerializationError(EventlibError, TypeError):
-    """A value in an event's data has no JSON form.
+    """A value in an event's data has no JSON form, or the data nests too
+    deeply.
 
     The message names the key path and the type, for example
-    ``data['user']['joined']: cannot serialize object of type Foo``.
+    ``data['user']['joined']: cannot serialize object of type Foo``, or what
+    else is wrong there: a string with a lone surrogate, a non-string key, a
+    float JSON does not have, data nested more than
+    :data:`~eventlib.serialization.MAX_DEPTH` levels deep.  Raised while
+    serializing an event, it has a note naming the event.
     """
 
 
 class DeserializationError(EventlibError, ValueError):
-    """A payload could not be turned back into event data: it is not valid
-    JSON, it is not an eventlib payload, or it holds a tagged value whose type
-    is not registered in this process."""
+    """A payload could not be turned back into event data: it is not JSON
+    text, not valid JSON, not an eventlib payload, nested more than
+    :data:`~eventlib.serialization.MAX_DEPTH` levels deep, or it holds a
+    tagged value whose type is not registered in this process."""
 
 
 class DispatchError(EventlibError):

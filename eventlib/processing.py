@@ -108,10 +108,12 @@ def process(name: str, payload: str | bytes) -> ProcessResult:
     ``eventlib process`` do), they run at once, in this process.
 
     Raises :class:`~eventlib.InvalidEventName`,
-    :class:`~eventlib.EventNotFound` or :class:`~eventlib.DeserializationError`
-    (or whatever else stops the event from being loaded, such as a ``clean()``
-    that crashes) when there is no event to give the handlers; the event is
-    recorded as a dead letter first, with that reason.
+    :class:`~eventlib.EventNotFound` (for an app not among the configured
+    apps too, importing nothing) or :class:`~eventlib.DeserializationError`
+    (for a payload that is not JSON text too), or whatever else stops the
+    event from being loaded, such as a ``clean()`` that crashes, when there
+    is no event to give the handlers; the event is recorded as a dead letter
+    first, with that reason.
     """
     return run_handler(name, payload, None, 1)
 
@@ -165,7 +167,7 @@ class _Run:
     ) -> None:
         self.name = name
         self.payload = payload
-        self.text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
+        self.text = _payload_text(payload)
         self.handler = handler
         self.attempt = attempt
         self.dead_letter = dead_letter
@@ -189,6 +191,8 @@ class _Run:
         except Exception as error:
             if self.event_id is None:
                 self.event_id = _peek_id(self.text)
+            if not isinstance(self.name, str):  # a message that log() did not write
+                self.name = repr(self.name)
             logger.error(
                 "Event %s (id %s) cannot be processed: %s",
                 self.name,
@@ -435,12 +439,22 @@ def _retries_in_turn() -> Iterator[None]:
         del _here.pending
 
 
+def _payload_text(payload: Any) -> str:
+    """The payload as text, to send again or keep in a dead letter: a
+    message written by something else than ``log()`` may hold anything."""
+    if isinstance(payload, str):
+        return payload
+    if isinstance(payload, (bytes, bytearray)):
+        return payload.decode("utf-8", "replace")
+    return repr(payload)
+
+
 def _peek_id(payload: str) -> str | None:
     """The event id of a payload whose event could not be loaded, if it has
     one: the payload's types may be unknown here, JSON is enough."""
     try:
         found = json.loads(payload).get("id")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     return found if isinstance(found, str) else None
 

@@ -8,13 +8,17 @@ other value is written as a *tagged value*, ``{"__eventlib__": tag, "value":
 their own types with :func:`register_type`.
 
 Decoding never imports a module or calls anything but a registered decoder:
-an unknown tag is a :class:`~eventlib.DeserializationError`.
+an unknown tag is a :class:`~eventlib.DeserializationError`.  Both ways,
+data may nest at most :data:`MAX_DEPTH` levels deep, and its strings (keys
+included) must have a UTF-8 form, so that what ``log()`` accepts, the spool
+can keep and the worker can read.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +37,22 @@ T = TypeVar("T")
 TAG = "__eventlib__"
 VALUE = "value"
 
-_PLAIN = frozenset({str, int, bool, type(None)})
+#: How deeply event data may nest, counted in the JSON written: the data
+#: mapping is level 1, and every dict, list or tuple and every value of a
+#: registered type (a tagged value, itself a JSON object) adds one level (a
+#: dict holding the key ``__eventlib__``, written as a list of pairs, three).
+#: Serialization refuses deeper data with
+#: :class:`~eventlib.SerializationError`, deserialization with
+#: :class:`~eventlib.DeserializationError`, so that the worker reads
+#: whatever ``log()`` accepts.
+MAX_DEPTH = 100
+
+_PLAIN = frozenset({int, bool, type(None)})
+# A lone surrogate ("\ud800") is a Python string, and valid JSON, with no
+# UTF-8 form: the broker's encoder escapes it, the spool cannot write it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Strings (their escapes included) and brackets of JSON text.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 # The base type's own conversion: str() of a (str, Enum) member is "Cls.NAME".
 _PLAIN_CONVERSIONS = ((int, int.__index__), (float, float.__float__), (str, str.__str__))
 
@@ -152,10 +171,22 @@ def encode(value: Any, path: str = "data") -> Any:
     Raises :class:`~eventlib.SerializationError` (a ``TypeError``) naming the
     key path and the type of the first value that has no JSON form:
     ``data['user']['joined']: cannot serialize object of type Foo``.  Dict keys
-    must be strings (JSON would turn ``1`` into ``'1'`` silently), and floats
-    must be finite (JSON has no ``NaN``).
+    must be strings (JSON would turn ``1`` into ``'1'`` silently), floats
+    must be finite (JSON has no ``NaN``), strings and keys must have a UTF-8
+    form (no lone surrogate such as ``"\\ud800"``), and the value may nest
+    at most :data:`MAX_DEPTH` levels deep (which a value that contains itself
+    does too).
     """
+    return _encode(value, path, 1)
+
+
+def _encode(value: Any, path: str, depth: int) -> Any:
+    """:func:`encode`, ``value`` being at nesting level ``depth`` of the JSON
+    written, should it be a JSON object or array."""
     kind = type(value)
+    if kind is str:
+        _check_text(value, path)
+        return value
     if kind in _PLAIN:
         return value
     if kind is float:
@@ -165,23 +196,29 @@ def encode(value: Any, path: str = "data") -> Any:
             )
         return value
     if kind is dict:
-        return _encode_mapping(value, path)
+        return _encode_mapping(value, path, depth)
     if kind is list or kind is tuple:
-        return [encode(item, f"{path}[{index}]") for index, item in enumerate(value)]
+        _check_depth(path, depth)
+        return [_encode(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)]
     codec = _codec_for(kind)
     if codec is not None:
-        return {TAG: codec.tag, VALUE: encode(codec.encode(value), path)}
+        _check_depth(path, depth)
+        return {TAG: codec.tag, VALUE: _encode(codec.encode(value), path, depth + 1)}
     if isinstance(value, Mapping):
-        return _encode_mapping(value, path)
+        return _encode_mapping(value, path, depth)
     if isinstance(value, (list, tuple)):
-        return encode(list(value), path)
+        return _encode(list(value), path, depth)
     for plain, convert in _PLAIN_CONVERSIONS:  # enums and other subclasses
         if isinstance(value, plain):
-            return encode(convert(value), path)
+            return _encode(convert(value), path, depth)
     raise SerializationError(f"{path}: cannot serialize object of type {kind.__qualname__}")
 
 
-def _encode_mapping(mapping: Mapping[Any, Any], path: str) -> Any:
+def _encode_mapping(mapping: Mapping[Any, Any], path: str, depth: int) -> Any:
+    escaped = TAG in mapping  # a user's dict that happens to use our tag key
+    # An escaped dict is an object holding a list of [key, value] lists.
+    _check_depth(path, depth + 2 if escaped else depth)
+    inner = depth + 3 if escaped else depth + 1
     encoded = {}
     for key, item in mapping.items():
         if type(key) is not str:
@@ -190,10 +227,40 @@ def _encode_mapping(mapping: Mapping[Any, Any], path: str) -> Any:
                     f"{path}: keys must be strings, not {type(key).__qualname__} ({key!r})"
                 )
             key = str.__str__(key)
-        encoded[key] = encode(item, f"{path}[{key!r}]")
-    if TAG in encoded:  # a user's dict that happens to use our tag key
+        _check_text(key, path, key=True)
+        encoded[key] = _encode(item, f"{path}[{key!r}]", inner)
+    if escaped:
         return {TAG: "dict", VALUE: [[key, item] for key, item in encoded.items()]}
     return encoded
+
+
+def _check_text(text: str, path: str, *, key: bool = False) -> None:
+    """Refuse a string with a lone surrogate: it has no UTF-8 form."""
+    if text.isascii():
+        return
+    found = _SURROGATE.search(text)
+    if found is None:
+        return
+    what = f"the key {_shorten(repr(text))}" if key else "a string"
+    raise SerializationError(
+        f"{path}: cannot serialize {what} holding a lone surrogate "
+        f"({found[0]!r} at index {found.start()}), which has no UTF-8 form"
+    )
+
+
+def _check_depth(path: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise SerializationError(
+            f"{_shorten(path)}: cannot serialize data nested more than {MAX_DEPTH} levels "
+            "deep (eventlib.serialization.MAX_DEPTH)"
+        )
+
+
+def _shorten(text: str, keep: int = 40) -> str:
+    """``text``, its middle cut out when it is long."""
+    if len(text) <= 2 * keep + 3:
+        return text
+    return f"{text[:keep]}...{text[-keep:]}"
 
 
 def _decode_object(obj: dict[str, Any]) -> Any:
@@ -222,8 +289,31 @@ def dumps(value: Any) -> str:
 
 def loads(text: str | bytes) -> Any:
     """Read JSON text written by :func:`dumps`.  Raises
-    :class:`~eventlib.DeserializationError` for invalid JSON and for tagged
-    values whose type is not registered."""
+    :class:`~eventlib.DeserializationError` for anything else than JSON text,
+    for invalid JSON, for data nested more than :data:`MAX_DEPTH` levels
+    deep and for tagged values whose type is not registered."""
+    return _loads(text, MAX_DEPTH)
+
+
+def _loads(text: str | bytes, limit: int) -> Any:
+    """:func:`loads`, refusing JSON text that nests more than ``limit``
+    levels deep before parsing it (the parser recurses as deep as the text
+    does)."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = text.decode(json.detect_encoding(text), "surrogatepass")
+        except UnicodeDecodeError as error:
+            raise DeserializationError(f"invalid JSON payload: {error}") from error
+    elif not isinstance(text, str):
+        raise DeserializationError(
+            "invalid JSON payload: expected JSON text (str or bytes), not "
+            f"{type(text).__name__} ({_shorten(repr(text))})"
+        )
+    if _nests_deeper(text, limit):
+        raise DeserializationError(
+            f"invalid JSON payload: data nested more than {MAX_DEPTH} levels deep "
+            "(eventlib.serialization.MAX_DEPTH)"
+        )
     try:
         return json.loads(text, object_hook=_decode_object, parse_constant=_refuse_constant)
     except DeserializationError:
@@ -232,6 +322,23 @@ def loads(text: str | bytes) -> Any:
         raise DeserializationError(f"invalid JSON payload: {error}") from error
     except RecursionError as error:
         raise DeserializationError("invalid JSON payload: nested too deeply") from error
+
+
+def _nests_deeper(text: str, limit: int) -> bool:
+    """Whether the JSON text nests objects and arrays more than ``limit``
+    levels deep.  Text with fewer brackets than that is not read."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for token in _JSON_TOKEN.finditer(text):
+        bracket = token[0]
+        if bracket in ("[", "{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif bracket in ("]", "}"):
+            depth -= 1
+    return False
 
 
 def _refuse_constant(name: str) -> Any:
@@ -251,12 +358,17 @@ class Envelope(NamedTuple):
 def serialize_event(event: BaseEvent) -> str:
     """The payload ``log()`` sends for ``event``: JSON text holding its id,
     creation time and encoded data, and where it came from when that is not
-    Python code (``source``, ``client_address``)."""
-    envelope = {
-        "id": event.id,
-        "created_at": event.created_at.isoformat(),
-        "data": encode(event.data),
-    }
+    Python code (``source``, ``client_address``).
+
+    Raises :class:`~eventlib.SerializationError` as :func:`encode` does, with
+    a note naming the event.
+    """
+    try:
+        data = encode(event.data)
+    except SerializationError as error:
+        error.add_note(f"raised serializing the data of the event {event.name}; nothing was sent")
+        raise
+    envelope = {"id": event.id, "created_at": event.created_at.isoformat(), "data": data}
     if event.source != "python":
         envelope["source"] = event.source
     if event.client_address is not None:
@@ -266,8 +378,9 @@ def serialize_event(event: BaseEvent) -> str:
 
 def deserialize_event(payload: str | bytes) -> Envelope:
     """Read a payload written by :func:`serialize_event`.  Raises
-    :class:`~eventlib.DeserializationError` when it is not one."""
-    envelope = loads(payload)
+    :class:`~eventlib.DeserializationError` when it is not one, as
+    :func:`loads` does for its data."""
+    envelope = _loads(payload, MAX_DEPTH + 1)  # the data is one level down
     if not (
         isinstance(envelope, dict)
         and isinstance(envelope.get("id"), str)

@@ -227,6 +227,79 @@ def test_failed_lookups_are_not_cached(isolation):
     assert find_event("shop.Refund").name == "shop.Refund"
 
 
+# -------------------------------------------- only the configured apps ---
+
+
+def imported(prefix: str) -> list[str]:
+    return [name for name in sys.modules if name == prefix or name.startswith(prefix + ".")]
+
+
+@pytest.mark.parametrize(
+    ("name", "app"),
+    [
+        pytest.param("sidefx.Boom", "sidefx", id="other-app"),
+        pytest.param("shop.orders.Refund", "shop.orders", id="app-below-a-configured-one"),
+        pytest.param("proj.Refund", "proj", id="app-above-a-configured-one"),
+        pytest.param("proj.shopping.Refund", "proj.shopping", id="same-prefix"),
+    ],
+)
+def test_with_apps_set_an_event_of_another_app_is_not_found_nor_imported(isolation, name, app):
+    for other in ("sidefx/events.py", "shop/orders/events.py", "proj/events.py"):
+        isolation.write(other, REFUND)
+    isolation.write("proj/shopping/events.py", REFUND)
+    isolation.write("proj/shop/events.py", REFUND)
+    eventlib.configure(apps=["shop", "proj.shop"])
+
+    with pytest.raises(EventNotFound) as raised:
+        find_event(name)
+
+    event = name.rpartition(".")[2]
+    assert str(raised.value) == (
+        f"There is no event named {event} in the {app} app: {app} is not among the configured apps"
+    )
+    assert imported(name.partition(".")[0]) == []
+
+
+def test_with_apps_set_their_events_are_found_dotted_or_not(isolation):
+    isolation.write("shop/events.py", REFUND)
+    isolation.write("proj/shop/events.py", REFUND)
+    eventlib.configure(apps=["shop", "proj.shop"])
+
+    assert find_event("shop.Refund") is sys.modules["shop.events"].Refund
+    assert find_event("proj.shop.Refund") is sys.modules["proj.shop.events"].Refund
+
+
+def test_an_imported_events_module_of_another_app_is_not_found_either(isolation):
+    """Already imported or not, only the configured apps have events."""
+    isolation.write("sidefx/events.py", REFUND)
+    importlib.import_module("sidefx.events")
+    eventlib.configure(apps=["shop"])
+
+    with pytest.raises(EventNotFound, match="sidefx is not among the configured apps"):
+        find_event("sidefx.Refund")
+
+
+def test_a_cached_event_is_refused_once_its_app_is_no_longer_configured(isolation):
+    isolation.write("sidefx/events.py", REFUND)
+    found = find_event("sidefx.Refund")  # no apps: any app's events
+
+    eventlib.configure(apps=["shop"])
+    with pytest.raises(EventNotFound, match="sidefx is not among the configured apps"):
+        find_event("sidefx.Refund")
+
+    eventlib.configure(apps=["shop", "sidefx"])
+    assert find_event("sidefx.Refund") is found
+
+
+def test_a_malformed_name_is_still_invalid_with_apps_set():
+    eventlib.configure(apps=["shop"])
+
+    with pytest.raises(InvalidEventName):
+        find_event("nodots")
+    with pytest.raises(InvalidEventName, match="must be a string, not list"):
+        find_event(["shop", "Refund"])
+
+
 # -------------------------------------------------------- autodiscover ---
 
 

@@ -435,6 +435,115 @@ def test_json_that_is_not_a_payload(shop):
     assert shop.CALLS == []
 
 
+@pytest.mark.parametrize(
+    ("payload", "kept", "shown"),
+    [
+        pytest.param(123, "123", "int (123)", id="int"),
+        pytest.param(None, "None", "NoneType (None)", id="none"),
+        pytest.param({"id": "1"}, "{'id': '1'}", "dict ({'id': '1'})", id="dict"),
+    ],
+)
+def test_a_payload_that_is_not_text_is_a_dead_letter(shop, payload, kept, shown, caplog):
+    reason = f"invalid JSON payload: expected JSON text (str or bytes), not {shown}"
+    with pytest.raises(eventlib.DeserializationError) as error:
+        eventlib.process("shop.Refund", payload)
+
+    assert str(error.value) == reason
+    assert shop.CALLS == []
+    assert dead_letters() == [
+        ("shop.Refund", None, kept, None, 1, f"DeserializationError: {reason}")
+    ]
+    [record] = eventlib_errors(caplog)
+    assert record.getMessage() == (
+        f"Event shop.Refund (id None) cannot be processed: DeserializationError: {reason}"
+    )
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param("[" * 100_000 + "]" * 100_000, id="arrays"),
+        pytest.param(
+            '{"id": "e1", "created_at": "2024-01-01T00:00:00+00:00", "data": '
+            + '{"a": ' * 100_000
+            + "1"
+            + "}" * 100_001,
+            id="deep-data",
+        ),
+    ],
+)
+def test_a_payload_nested_100000_levels_is_a_dead_letter(shop, payload):
+    reason = (
+        "invalid JSON payload: data nested more than 100 levels deep "
+        "(eventlib.serialization.MAX_DEPTH)"
+    )
+    with pytest.raises(eventlib.DeserializationError) as error:
+        eventlib.process("shop.Refund", payload)
+
+    assert str(error.value) == reason
+    assert shop.CALLS == []
+    [letter] = deadletters.list_dead_letters()
+    assert (letter.event_name, letter.payload, letter.handler) == ("shop.Refund", payload, None)
+    assert letter.reason == f"DeserializationError: {reason}"
+
+
+def test_a_name_that_is_not_a_string_is_a_dead_letter(shop):
+    _, payload = payload_of(shop.Refund, {})
+
+    with pytest.raises(eventlib.InvalidEventName, match="must be a string, not list"):
+        eventlib.process(["shop", "Refund"], payload)
+
+    [(name, _, kept, handler, _, reason)] = dead_letters()
+    assert (name, kept, handler) == ("['shop', 'Refund']", payload, None)
+    assert reason == "InvalidEventName: An event name must be a string, not list"
+
+
+SIDE_EFFECTS = """
+    from eventlib import BaseEvent, handler
+
+    RAN = []
+
+
+    class Boom(BaseEvent):
+        @handler
+        def explode(self):
+            RAN.append(self.id)
+"""
+
+
+def test_an_event_outside_the_configured_apps_is_a_dead_letter_and_imports_nothing(shop, isolation):
+    isolation.write("sidefx/events.py", SIDE_EFFECTS)
+    eventlib.configure(apps=["shop"])
+    event_id, payload = payload_of(shop.Refund, {})
+
+    with pytest.raises(eventlib.EventNotFound) as error:
+        eventlib.process("sidefx.Boom", payload)
+
+    reason = (
+        "There is no event named Boom in the sidefx app: sidefx is not among the configured apps"
+    )
+    assert str(error.value) == reason
+    assert "sidefx" not in sys.modules
+    assert "sidefx.events" not in sys.modules
+    assert dead_letters() == [
+        ("sidefx.Boom", event_id, payload, None, 1, f"EventNotFound: {reason}")
+    ]
+
+
+def test_an_event_found_before_the_apps_were_set_is_refused_after(shop, isolation):
+    isolation.write("sidefx/events.py", SIDE_EFFECTS)
+    sidefx = importlib.import_module("sidefx.events")
+    _, payload = payload_of(sidefx.Boom, {})
+    assert eventlib.process("sidefx.Boom", payload).ok  # no apps: any app's events
+    eventlib.configure(apps=["shop"])
+
+    with pytest.raises(eventlib.EventNotFound, match="sidefx is not among the configured apps"):
+        eventlib.process("sidefx.Boom", payload)
+
+    assert len(sidefx.RAN) == 1
+    assert eventlib.process("shop.Refund", payload_of(shop.Refund, {})[1]).ok
+
+
 # ------------------------------------------------------------ Celery task ---
 
 

@@ -965,3 +965,242 @@ def test_deserialize_event_accepts_an_escaped_user_dict_as_data():
     data = {TAG: "os.system", "value": "echo hi"}
     envelope = deserialize_event(serialize_event(BaseEvent(data)))
     assert envelope.data == data
+
+
+# ---------------------------------------------------- lone surrogates ---
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        pytest.param({"name": "\ud800"}, "data['name']", id="value"),
+        pytest.param({"a": {"b": ["ok", "x\udfff"]}}, "data['a']['b'][1]", id="nested-in-list"),
+        pytest.param({"t": ("\udc80",)}, "data['t'][0]", id="in-tuple"),
+    ],
+)
+def test_a_string_with_a_lone_surrogate_is_refused_naming_its_path(data, path):
+    """Valid in Python and in JSON, but with no UTF-8 form: the spool could
+    not keep it, so neither may the broker get it."""
+    with pytest.raises(SerializationError, match=r"lone surrogate") as excinfo:
+        dumps(data)
+    assert str(excinfo.value).startswith(f"{path}: cannot serialize a string holding")
+
+
+def test_the_lone_surrogate_message_says_which_character_and_where():
+    with pytest.raises(SerializationError) as excinfo:
+        dumps({"name": "Ana\ud800 Lima"})
+    assert str(excinfo.value) == (
+        "data['name']: cannot serialize a string holding a lone surrogate "
+        "('\\ud800' at index 3), which has no UTF-8 form"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        pytest.param(
+            {"\ud800": 1},
+            "data: cannot serialize the key '\\ud800' holding a lone surrogate "
+            "('\\ud800' at index 0), which has no UTF-8 form",
+            id="top-level",
+        ),
+        pytest.param(
+            {"a": [{"ok\udbff": 1}]},
+            "data['a'][0]: cannot serialize the key 'ok\\udbff' holding a lone surrogate "
+            "('\\udbff' at index 2), which has no UTF-8 form",
+            id="nested",
+        ),
+    ],
+)
+def test_a_key_with_a_lone_surrogate_is_refused_naming_its_path(data, message):
+    with pytest.raises(SerializationError) as excinfo:
+        dumps(data)
+    assert str(excinfo.value) == message
+
+
+def test_a_str_subclass_with_a_lone_surrogate_is_refused():
+    class Label(enum.StrEnum):
+        BROKEN = "\ud800"
+
+    with pytest.raises(SerializationError, match=r"^data\['label'\]: .* lone surrogate"):
+        dumps({"label": Label.BROKEN})
+
+
+def test_a_lone_surrogate_in_a_registered_types_encoded_value_is_refused():
+    register_type(Point, encode=lambda p: [p.x, p.y], decode=lambda v: Point(*v), tag="t.pt")
+    with pytest.raises(SerializationError, match=r"^data\['p'\]\[0\]: .* lone surrogate"):
+        dumps({"p": Point("\ud800", 1)})
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize(
+    "text",
+    ["caf\u00e9", "\u65e5\u672c", "\U0001f600", "\ufffd", "\uffff", "\ud7ff\ue000"],
+    ids=["latin", "cjk", "emoji", "replacement", "noncharacter", "around-surrogates"],
+)
+def test_every_other_non_ascii_string_passes(route, text):
+    assert route({text: text}) == {text: text}
+
+
+def test_serialize_event_notes_the_event_of_a_serialization_error():
+    class Signup(BaseEvent):
+        pass
+
+    with pytest.raises(SerializationError) as excinfo:
+        serialize_event(Signup({"email": "\ud800@example.com"}))
+    assert excinfo.value.__notes__ == [
+        f"raised serializing the data of the event {Signup.name}; nothing was sent"
+    ]
+
+
+# ------------------------------------------------------- nesting depth ---
+
+
+def nest(inner, levels):
+    """``inner`` inside ``levels`` lists."""
+    for _ in range(levels):
+        inner = [inner]
+    return inner
+
+
+def json_depth(value):
+    """How deep JSON objects and arrays nest in parsed JSON."""
+    if isinstance(value, dict):
+        return 1 + max(map(json_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(json_depth, value), default=0)
+    return 0
+
+
+def test_max_depth_is_100():
+    assert serialization.MAX_DEPTH == 100
+
+
+# The innermost value, and how deep its JSON form nests.
+INNERMOST = [
+    pytest.param(1, 0, id="scalar"),
+    pytest.param({}, 1, id="dict"),
+    pytest.param((), 1, id="tuple"),
+    pytest.param(Decimal("1.5"), 1, id="tagged-value"),
+    pytest.param(Money(Decimal("1"), "EUR"), 3, id="registered-type-holding-a-tagged-value"),
+    pytest.param({TAG: "x"}, 3, id="dict-with-the-tag-key"),
+]
+
+
+@pytest.mark.parametrize(("inner", "inner_depth"), INNERMOST)
+def test_data_at_the_maximum_depth_is_written_and_read(inner, inner_depth):
+    register_type(Money, encode=lambda m: [m.amount, m.currency], decode=lambda v: Money(*v))
+    levels = serialization.MAX_DEPTH - 1 - inner_depth
+    data = {"v": nest(inner, levels)}
+    assert json_depth(json.loads(dumps(data))) == serialization.MAX_DEPTH
+
+    expected = {"v": nest([] if isinstance(inner, tuple) else inner, levels)}
+    assert loads(dumps(data)) == expected
+    assert deserialize_event(serialize_event(BaseEvent(data))).data == expected
+
+
+@pytest.mark.parametrize(("inner", "inner_depth"), INNERMOST)
+def test_one_level_more_is_refused_by_both_ends(inner, inner_depth):
+    """What log() refuses, the worker refuses; what it accepts, the worker reads."""
+    register_type(Money, encode=lambda m: [m.amount, m.currency], decode=lambda v: Money(*v))
+    levels = serialization.MAX_DEPTH - 1 - inner_depth
+    data = {"v": nest(inner, levels + 1)}
+
+    with pytest.raises(SerializationError) as excinfo:
+        dumps(data)
+    assert str(excinfo.value).endswith(
+        ": cannot serialize data nested more than 100 levels deep "
+        "(eventlib.serialization.MAX_DEPTH)"
+    )
+    with pytest.raises(SerializationError, match="nested more than 100 levels deep"):
+        serialize_event(BaseEvent(data))
+
+    # The same data as another writer would send it.
+    written = {"v": [json.loads(dumps({"v": nest(inner, levels)}))["v"]]}
+    assert json_depth(written) == serialization.MAX_DEPTH + 1
+    refusal = r"^invalid JSON payload: data nested more than 100 levels deep"
+    with pytest.raises(DeserializationError, match=refusal):
+        loads(json.dumps(written))
+    with pytest.raises(DeserializationError, match=refusal):
+        deserialize_event(json.dumps({**GOOD_ENVELOPE, "data": written}))
+
+
+def test_the_depth_error_names_where_it_is_shortened():
+    with pytest.raises(SerializationError) as excinfo:
+        dumps({"a": nest(1, 200)})
+    message = str(excinfo.value)
+    assert message.startswith("data['a'][0][0]")
+    assert "..." in message
+    assert len(message) < 200
+
+
+def test_data_nested_about_500_levels_is_a_serialization_error():
+    """It used to be RecursionError, from the encoder's own recursion."""
+    deep = {}
+    for _ in range(500):
+        deep = {"a": deep}
+    with pytest.raises(SerializationError, match="nested more than 100 levels deep"):
+        serialize_event(BaseEvent(deep))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: (d := {}, d.__setitem__("self", d))[0], id="dict"),
+        pytest.param(lambda: (items := [], items.append(items))[0], id="list"),
+        pytest.param(lambda: (d := {}, d.__setitem__("l", [d]))[0], id="through-a-list"),
+    ],
+)
+def test_a_value_that_contains_itself_is_a_serialization_error(make):
+    with pytest.raises(SerializationError, match="nested more than 100 levels deep"):
+        dumps({"loop": make()})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("[" * 100_000 + "]" * 100_000, id="arrays"),
+        pytest.param('{"a":' * 100_000 + "1" + "}" * 100_000, id="objects"),
+        pytest.param("[" * 100_000, id="unclosed"),
+        pytest.param(("[" * 100_000 + "]" * 100_000).encode(), id="bytes"),
+    ],
+)
+def test_a_payload_nested_100000_levels_is_a_deserialization_error(text):
+    with pytest.raises(DeserializationError, match="nested more than 100 levels deep"):
+        loads(text)
+    with pytest.raises(DeserializationError, match="nested more than 100 levels deep"):
+        deserialize_event(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('"' + "[" * 500 + '"', id="brackets-in-a-string"),
+        pytest.param('["\\"' + "{" * 500 + '", "\\\\"]', id="after-escaped-quotes"),
+        pytest.param("[" + ", ".join(["[]"] * 500) + "]", id="many-shallow-arrays"),
+    ],
+)
+def test_brackets_in_strings_and_side_by_side_are_not_depth(text):
+    assert loads(text) == json.loads(text)
+
+
+# ------------------------------------------- payloads that are not text ---
+
+
+@pytest.mark.parametrize(
+    ("payload", "shown"),
+    [
+        pytest.param(123, "int (123)", id="int"),
+        pytest.param(None, "NoneType (None)", id="none"),
+        pytest.param(["a"], "list (['a'])", id="list"),
+        pytest.param({"id": "1"}, "dict ({'id': '1'})", id="dict"),
+    ],
+)
+def test_a_payload_that_is_not_text_is_a_deserialization_error(payload, shown):
+    expected = f"invalid JSON payload: expected JSON text (str or bytes), not {shown}"
+    with pytest.raises(DeserializationError) as excinfo:
+        deserialize_event(payload)
+    assert str(excinfo.value) == expected
+    with pytest.raises(DeserializationError) as excinfo:
+        loads(payload)
+    assert str(excinfo.value) == expected
