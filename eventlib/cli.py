@@ -15,16 +15,19 @@ Exit codes scripts can rely on:
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
+from celery.utils.imports import cwd_in_path
 
 from . import conf
 from .discovery import EVENTS_MODULE, autodiscover, find_event
@@ -32,6 +35,8 @@ from .exceptions import DispatchError, EventlibError
 from .registry import HANDLER_REGISTRY, handler_name
 
 if TYPE_CHECKING:
+    from celery import Celery
+
     from .deadletters import DeadLetter
 
 EXIT_FAILED = 1
@@ -86,21 +91,44 @@ def _parse_data(pairs: Sequence[str], as_json: str | None) -> dict[str, Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-A",
+    "--app",
+    "app_path",
+    metavar="APP",
+    help="Your Celery app, as for `celery -A`: proj, proj.celery or proj.celery:app "
+    "[EVENTLIB_CELERY_APP].",
+)
 @click.option("--apps", help="Comma-separated apps whose events modules to load [EVENTLIB_APPS].")
 @click.option("--broker-url", help="Broker URL [EVENTLIB_BROKER_URL].")
 @click.option("--queue", help="Queue of eventlib's task [EVENTLIB_QUEUE].")
-def main(apps: str | None, broker_url: str | None, queue: str | None) -> None:
+@click.version_option(package_name="eventlib", message="eventlib %(version)s")
+@click.pass_context
+def main(
+    context: click.Context,
+    app_path: str | None,
+    apps: str | None,
+    broker_url: str | None,
+    queue: str | None,
+) -> None:
     """Log and process eventlib events from the shell.
 
     Settings come from EVENTLIB_* environment variables, or in a Django
-    project (DJANGO_SETTINGS_MODULE set) from its settings; the options above
-    override them.  Exit codes: 0 done, 1 something failed (a handler, or
+    project (DJANGO_SETTINGS_MODULE set) from its settings; the options below
+    override them.  Modules are imported from the current directory first,
+    as `celery` does.  Exit codes: 0 done, 1 something failed (a handler, or
     spooled events another flusher holds), 2 bad usage or configuration, 3
     broker unreachable (log: the event is kept in the spool).
     """
+    context.with_resource(cwd_in_path())
+    _warn_about_unknown_variables()
+    values: dict[str, Any] = {}
+    if app_path is not None:
+        # Found before Django is set up, as `celery -A` does: the project's
+        # celery module usually sets DJANGO_SETTINGS_MODULE.
+        values["celery_app"] = _find_celery_app(app_path)
     with _errors_as_exit_codes():
         _set_django_up()
-    values: dict[str, Any] = {}
     if apps is not None:
         values["apps"] = [app.strip() for app in apps.split(",") if app.strip()]
     if broker_url is not None:
@@ -109,6 +137,42 @@ def main(apps: str | None, broker_url: str | None, queue: str | None) -> None:
         values["queue"] = queue
     with _errors_as_exit_codes():
         conf.configure(**values)
+
+
+def _warn_about_unknown_variables() -> None:
+    """One line on stderr for each ``EVENTLIB_*`` environment variable that
+    is not a setting but close to one, most likely a typo that would
+    otherwise be ignored, naming that setting.  Variables close to no
+    setting are left alone: they may be the project's own."""
+    names = [field.name.upper() for field in dataclasses.fields(conf.Settings)]
+    for variable in sorted(os.environ):
+        name = variable.removeprefix(conf.ENV_PREFIX)
+        if name == variable or name in names:
+            continue
+        for close in difflib.get_close_matches(name, names, n=1):
+            click.echo(
+                f"eventlib: warning: {variable} is not an eventlib setting and is ignored; "
+                f"did you mean {conf.ENV_PREFIX}{close}?",
+                err=True,
+            )
+
+
+def _find_celery_app(path: str) -> Celery:
+    """The Celery app ``-A path`` names, found as ``celery -A`` finds it
+    (``proj`` is ``proj.app``, ``proj.celery``, or the module ``proj.celery``'s
+    app); exits 2 with one line when there is none."""
+    from celery import Celery
+    from celery.app.utils import find_app
+
+    try:
+        found = find_app(path)
+    except (ImportError, AttributeError) as error:
+        _fail(f"-A {path}: no Celery app there: {error}")
+    except Exception as error:  # the module raised while importing
+        _fail(f"-A {path}: {type(error).__name__}: {error}")
+    if not isinstance(found, Celery):
+        _fail(f"-A {path} is not a Celery app but {found!r}")
+    return found
 
 
 def _set_django_up() -> None:
@@ -146,10 +210,20 @@ def events(as_json: bool) -> None:
             click.echo("  (no handlers)")
 
 
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def _event_arguments(command: _Command) -> _Command:
+    """NAME, then the data as KEY=VALUE pairs or ``--json OBJECT``."""
+    command = click.option(
+        "--json", "as_json", metavar="OBJECT", help="The data as a JSON object."
+    )(command)
+    command = click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...")(command)
+    return click.argument("name")(command)
+
+
 @main.command(name="log")
-@click.argument("name")
-@click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...")
-@click.option("--json", "as_json", metavar="OBJECT", help="The data as a JSON object.")
+@_event_arguments
 def log_command(name: str, pairs: tuple[str, ...], as_json: str | None) -> None:
     """Log the event NAME and print its id.
 
@@ -176,18 +250,18 @@ def log_command(name: str, pairs: tuple[str, ...], as_json: str | None) -> None:
 
 
 @main.command()
-@click.argument("name")
-@click.option("--json", "as_json", metavar="OBJECT", default="{}", help="The data as JSON.")
-def process(name: str, as_json: str) -> None:
+@_event_arguments
+def process(name: str, pairs: tuple[str, ...], as_json: str | None) -> None:
     """Run the handlers of the event NAME here, in this process (debugging).
 
-    Prints each handler's outcome; exits 1 when one failed or the data is
-    invalid.
+    The data is given as for `eventlib log`: KEY=VALUE pairs (strings) or
+    --json.  Prints each handler's outcome; exits 1 when one failed or the
+    data is invalid.
     """
     from .processing import process as process_event
     from .serialization import serialize_event
 
-    data = _parse_data((), as_json)
+    data = _parse_data(pairs, as_json)
     with _errors_as_exit_codes():
         payload = serialize_event(find_event(name)(data))
         result = process_event(name, payload)
@@ -207,8 +281,8 @@ def worker(celery_args: tuple[str, ...]) -> None:
     """Start a Celery worker for eventlib's queue.
 
     Every other option goes to Celery's worker (--concurrency, --loglevel,
-    --pool, ...).  With a Celery app of your own, run
-    `celery -A yourproject worker -Q eventlib` instead.
+    --pool, ...).  With a Celery app of your own, name it with -A
+    (`eventlib -A proj worker`), or run `celery -A proj worker -Q eventlib`.
     """
     from .dispatch import celery_app, check_broker
 
