@@ -19,10 +19,11 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -339,21 +340,77 @@ def dead() -> None:
     """
 
 
+_AGE = re.compile(r"(\d+)\s*([smhdw])")
+_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class _Since(click.ParamType):
+    """A time: ISO 8601 (``2025-03-01``, ``2025-03-01 14:00``, UTC unless it
+    has an offset) or an age (``30m``, ``2h``, ``7d``: that long ago)."""
+
+    name = "WHEN"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        age = _AGE.fullmatch(text)
+        if age:
+            return datetime.now(UTC) - timedelta(**{_AGE_UNITS[age[2]]: int(age[1])})
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(
+                f"{value!r} is neither a time (2025-03-01, 2025-03-01 14:00, "
+                "2025-03-01T14:00+01:00) nor an age (90s, 30m, 2h, 7d, 1w)",
+                param,
+                ctx,
+            )
+        return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _dead_letter_filters(command: _Command) -> _Command:
+    """--event, --handler and --since, as :func:`eventlib.deadletters.list_dead_letters`
+    takes them."""
+    for option in reversed(
+        [
+            click.option("--event", metavar="NAME", help="Only those of this event (shop.Refund)."),
+            click.option(
+                "--handler",
+                metavar="NAME",
+                help="Only those of this handler: its qualified name or its end (charge).",
+            ),
+            click.option(
+                "--since",
+                type=_Since(),
+                help="Only those that last failed at or after this time (UTC unless it has an "
+                "offset) or within this age: 2025-03-01, '2025-03-01 14:00', 30m, 2h, 7d.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @dead.command(name="list")
+@_dead_letter_filters
 @click.option(
     "--json", "as_json", is_flag=True, help="Print JSON (every field) instead of a table."
 )
-def dead_list(as_json: bool) -> None:
-    """List the dead letters, oldest first."""
+def dead_list(
+    event: str | None, handler: str | None, since: datetime | None, as_json: bool
+) -> None:
+    """List the dead letters by the time of their last failure, oldest
+    first: all of them, or those the options keep."""
     from .deadletters import list_dead_letters
 
     with _dead_letter_errors():
-        letters = list_dead_letters()
+        letters = list_dead_letters(event=event, handler=handler, since=since)
     if as_json:
         click.echo(json.dumps([letter.as_dict() for letter in letters], indent=2))
         return
     if not letters:
-        click.echo("no dead letters")
+        click.echo("no dead letters" + _kept_by(event, handler, since))
         return
     rows = [("ID", "FAILED AT (UTC)", "EVENT", "HANDLER", "ATTEMPTS", "REASON")]
     for letter in letters:
@@ -372,6 +429,19 @@ def dead_list(as_json: bool) -> None:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _kept_by(event: str | None, handler: str | None, since: datetime | None) -> str:
+    """`` of shop.Refund, of handler charge, since ...``: what the filters
+    keep, for messages; empty without filters."""
+    words = []
+    if event is not None:
+        words.append(f"of {event}")
+    if handler is not None:
+        words.append(f"of handler {handler}")
+    if since is not None:
+        words.append(f"since {since.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC")
+    return "".join(" " + word for word in words)
 
 
 @dead.command(name="show")
@@ -483,21 +553,24 @@ def _retry_here(letter: DeadLetter) -> str | None:
 
 
 @dead.command(name="purge")
+@_dead_letter_filters
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def dead_purge(yes: bool) -> None:
-    """Delete every dead letter."""
+def dead_purge(event: str | None, handler: str | None, since: datetime | None, yes: bool) -> None:
+    """Delete every dead letter, or those the options keep (the same as for
+    `eventlib dead list`)."""
     from .deadletters import database_name, list_dead_letters, purge
 
+    which = _kept_by(event, handler, since)
     if not yes:
         with _dead_letter_errors():
-            count = len(list_dead_letters())
+            count = len(list_dead_letters(event=event, handler=handler, since=since))
         if not count:
-            click.echo("no dead letters")
+            click.echo("no dead letters" + which)
             return
-        click.confirm(f"Delete {_letters(count)} from {database_name()}?", abort=True)
+        click.confirm(f"Delete {_letters(count)}{which} from {database_name()}?", abort=True)
     with _dead_letter_errors():
-        purged = purge()
-    click.echo(f"purged {_letters(purged)}")
+        purged = purge(event=event, handler=handler, since=since)
+    click.echo(f"purged {_letters(purged)}{which}")
 
 
 def _letters(count: int) -> str:

@@ -218,3 +218,55 @@ def test_the_help_says_the_options_come_below(project):
     assert "above" not in text
     assert text.index("the options below") < text.index("Options: -A, --app APP")
     assert "--version" in text
+
+
+def test_dead_letters_listed_by_last_failure_filtered_and_purged(project):
+    """``process`` runs the handlers here: ``Signup.explode`` fails each
+    time and becomes a dead letter, in the folder's default database."""
+
+    def dead_list(*args: str) -> list[dict]:
+        result = eventlib_in(project, "dead", "list", "--json", *args)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    for order_id in ("1", "2"):
+        processed = eventlib_in(
+            project, "--apps", "shop", "process", "shop.Signup", f"n={order_id}"
+        )
+        assert processed.returncode == 1, processed.stderr
+    first, second = (letter["id"] for letter in dead_list())
+    # The first fails again: it is now the one that failed last.
+    retried = eventlib_in(project, "--apps", "shop", "dead", "retry", str(first), "--here")
+    assert retried.returncode == 1, retried.stderr
+
+    assert [letter["id"] for letter in dead_list()] == [second, first]
+    assert [letter["id"] for letter in dead_list("--handler", "explode", "--since", "1h")] == [
+        second,
+        first,
+    ]
+    assert dead_list("--event", "shop.Refund") == []
+    assert dead_list("--since", "2999-01-01") == []
+    listed = eventlib_in(project, "dead", "list", "--event", "shop.Signup")
+    assert listed.stdout.splitlines()[0].split() == [
+        "ID",
+        "FAILED",
+        "AT",
+        "(UTC)",
+        "EVENT",
+        "HANDLER",
+        "ATTEMPTS",
+        "REASON",
+    ]
+    assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == [
+        str(second),
+        str(first),
+    ]
+
+    purged = eventlib_in(
+        project, "dead", "purge", "--event", "shop.Signup", "--handler", "explode", "--yes"
+    )
+    assert (purged.returncode, purged.stdout) == (
+        0,
+        "purged 2 dead letters of shop.Signup of handler explode\n",
+    )
+    assert dead_list() == []
