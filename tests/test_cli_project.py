@@ -247,16 +247,7 @@ def test_dead_letters_listed_by_last_failure_filtered_and_purged(project):
     assert dead_list("--event", "shop.Refund") == []
     assert dead_list("--since", "2999-01-01") == []
     listed = eventlib_in(project, "dead", "list", "--event", "shop.Signup")
-    assert listed.stdout.splitlines()[0].split() == [
-        "ID",
-        "FAILED",
-        "AT",
-        "(UTC)",
-        "EVENT",
-        "HANDLER",
-        "ATTEMPTS",
-        "REASON",
-    ]
+    assert listed.stdout.startswith("ID  FAILED AT (UTC)")
     assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == [
         str(second),
         str(first),

@@ -509,6 +509,13 @@ def test_plugin_fixtures_come_from_the_eventlib_entry_point(plugin_project):
 # ------------------------------------------- a user's tests, run by pytest ---
 
 
+def run_users_tests(pytester: pytest.Pytester, **files: str) -> pytest.RunResult:
+    """Write the user's test files and run pytest on the project, in a
+    process of its own."""
+    pytester.makepyfile(**files)
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider")
+
+
 @pytest.fixture
 def user_project(pytester, monkeypatch):
     """A project of a user's, ``shop``, in pytest's temporary folder, with
@@ -563,9 +570,7 @@ FAILURE_TESTS = """
 
 
 def test_fixtures_fail_the_users_test_with_the_handler_s_traceback(user_project):
-    user_project.makepyfile(test_shop=FAILURE_TESTS)
-
-    result = user_project.runpytest_subprocess("-p", "no:cacheprovider")
+    result = run_users_tests(user_project, test_shop=FAILURE_TESTS)
 
     result.assert_outcomes(passed=3, failed=4)
     result.stdout.fnmatch_lines(
@@ -650,13 +655,12 @@ def test_dead_letters_of_a_users_test_never_reach_the_project_s_database(
         # eventlib's default: a file in the folder the tests run in.
         monkeypatch.setenv("EVENTLIB_DEAD_LETTER_URL", "")  # unset, as eventlib reads it
         project_url = conf.Settings().dead_letter_url
-    user_project.makepyfile(
+    result = run_users_tests(
+        user_project,
         test_shop=DEAD_LETTER_TESTS.replace(
             'os.environ["EVENTLIB_DEAD_LETTER_URL"]', repr(project_url)
-        )
+        ),
     )
-
-    result = user_project.runpytest_subprocess("-p", "no:cacheprovider")
 
     result.assert_outcomes(passed=2)
     # Neither the project's database nor the default one in its folder: one
@@ -688,9 +692,7 @@ MATCHING_TESTS = """
 
 
 def test_a_users_test_matches_part_of_the_data_and_what_was_not_logged(user_project):
-    user_project.makepyfile(test_shop=MATCHING_TESTS)
-
-    result = user_project.runpytest_subprocess("-p", "no:cacheprovider")
+    result = run_users_tests(user_project, test_shop=MATCHING_TESTS)
 
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.fnmatch_lines(
@@ -759,10 +761,11 @@ ON_COMMIT_TESTS = """
 
 def test_a_pytest_django_test_says_events_wait_for_a_commit(user_project):
     user_project.mkpydir("proj")
-    user_project.makepyfile(**{"proj/settings": DJANGO_SETTINGS, "test_orders": ON_COMMIT_TESTS})
     user_project.makeini("[pytest]\nDJANGO_SETTINGS_MODULE = proj.settings\npythonpath = .\n")
 
-    result = user_project.runpytest_subprocess("-p", "no:cacheprovider")
+    result = run_users_tests(
+        user_project, **{"proj/settings": DJANGO_SETTINGS, "test_orders": ON_COMMIT_TESTS}
+    )
 
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(
