@@ -17,16 +17,20 @@ Exit codes scripts can rely on:
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import os
+import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
+from celery.utils.imports import cwd_in_path
 
 from . import conf
 from .discovery import EVENTS_MODULE, autodiscover, find_event
@@ -34,6 +38,8 @@ from .exceptions import DispatchError, EventlibError, SpoolError
 from .registry import HANDLER_REGISTRY, handler_name
 
 if TYPE_CHECKING:
+    from celery import Celery
+
     from .deadletters import DeadLetter
 
 EXIT_FAILED = 1
@@ -91,21 +97,44 @@ def _parse_data(pairs: Sequence[str], as_json: str | None) -> dict[str, Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-A",
+    "--app",
+    "app_path",
+    metavar="APP",
+    help="Your Celery app, as for `celery -A`: proj, proj.celery or proj.celery:app "
+    "[EVENTLIB_CELERY_APP].",
+)
 @click.option("--apps", help="Comma-separated apps whose events modules to load [EVENTLIB_APPS].")
 @click.option("--broker-url", help="Broker URL [EVENTLIB_BROKER_URL].")
 @click.option("--queue", help="Queue of eventlib's task [EVENTLIB_QUEUE].")
-def main(apps: str | None, broker_url: str | None, queue: str | None) -> None:
+@click.version_option(package_name="eventlib", message="eventlib %(version)s")
+@click.pass_context
+def main(
+    context: click.Context,
+    app_path: str | None,
+    apps: str | None,
+    broker_url: str | None,
+    queue: str | None,
+) -> None:
     """Log and process eventlib events from the shell.
 
     Settings come from EVENTLIB_* environment variables, or in a Django
-    project (DJANGO_SETTINGS_MODULE set) from its settings; the options above
-    override them.  Exit codes: 0 done, 1 something failed (a handler, or
+    project (DJANGO_SETTINGS_MODULE set) from its settings; the options below
+    override them.  Modules are imported from the current directory first,
+    as `celery` does.  Exit codes: 0 done, 1 something failed (a handler, or
     spooled events another flusher holds), 2 bad usage or configuration, 3
     broker unreachable (log: the event is kept in the spool).
     """
+    context.with_resource(cwd_in_path())
+    _warn_about_unknown_variables()
+    values: dict[str, Any] = {}
+    if app_path is not None:
+        # Found before Django is set up, as `celery -A` does: the project's
+        # celery module usually sets DJANGO_SETTINGS_MODULE.
+        values["celery_app"] = _find_celery_app(app_path)
     with _errors_as_exit_codes():
         _set_django_up()
-    values: dict[str, Any] = {}
     if apps is not None:
         values["apps"] = [app.strip() for app in apps.split(",") if app.strip()]
     if broker_url is not None:
@@ -114,6 +143,42 @@ def main(apps: str | None, broker_url: str | None, queue: str | None) -> None:
         values["queue"] = queue
     with _errors_as_exit_codes():
         conf.configure(**values)
+
+
+def _warn_about_unknown_variables() -> None:
+    """One line on stderr for each ``EVENTLIB_*`` environment variable that
+    is not a setting but close to one, most likely a typo that would
+    otherwise be ignored, naming that setting.  Variables close to no
+    setting are left alone: they may be the project's own."""
+    names = [field.name.upper() for field in dataclasses.fields(conf.Settings)]
+    for variable in sorted(os.environ):
+        name = variable.removeprefix(conf.ENV_PREFIX)
+        if name == variable or name in names:
+            continue
+        for close in difflib.get_close_matches(name, names, n=1):
+            click.echo(
+                f"eventlib: warning: {variable} is not an eventlib setting and is ignored; "
+                f"did you mean {conf.ENV_PREFIX}{close}?",
+                err=True,
+            )
+
+
+def _find_celery_app(path: str) -> Celery:
+    """The Celery app ``-A path`` names, found as ``celery -A`` finds it
+    (``proj`` is ``proj.app``, ``proj.celery``, or the module ``proj.celery``'s
+    app); exits 2 with one line when there is none."""
+    from celery import Celery
+    from celery.app.utils import find_app
+
+    try:
+        found = find_app(path)
+    except (ImportError, AttributeError) as error:
+        _fail(f"-A {path}: no Celery app there: {error}")
+    except Exception as error:  # the module raised while importing
+        _fail(f"-A {path}: {type(error).__name__}: {error}")
+    if not isinstance(found, Celery):
+        _fail(f"-A {path} is not a Celery app but {found!r}")
+    return found
 
 
 def _set_django_up() -> None:
@@ -151,10 +216,20 @@ def events(as_json: bool) -> None:
             click.echo("  (no handlers)")
 
 
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def _event_arguments(command: _Command) -> _Command:
+    """NAME, then the data as KEY=VALUE pairs or ``--json OBJECT``."""
+    command = click.option(
+        "--json", "as_json", metavar="OBJECT", help="The data as a JSON object."
+    )(command)
+    command = click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...")(command)
+    return click.argument("name")(command)
+
+
 @main.command(name="log")
-@click.argument("name")
-@click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...")
-@click.option("--json", "as_json", metavar="OBJECT", help="The data as a JSON object.")
+@_event_arguments
 def log_command(name: str, pairs: tuple[str, ...], as_json: str | None) -> None:
     """Log the event NAME and print its id.
 
@@ -181,18 +256,18 @@ def log_command(name: str, pairs: tuple[str, ...], as_json: str | None) -> None:
 
 
 @main.command()
-@click.argument("name")
-@click.option("--json", "as_json", metavar="OBJECT", default="{}", help="The data as JSON.")
-def process(name: str, as_json: str) -> None:
+@_event_arguments
+def process(name: str, pairs: tuple[str, ...], as_json: str | None) -> None:
     """Run the handlers of the event NAME here, in this process (debugging).
 
-    Prints each handler's outcome; exits 1 when one failed or the data is
-    invalid.
+    The data is given as for `eventlib log`: KEY=VALUE pairs (strings) or
+    --json.  Prints each handler's outcome; exits 1 when one failed or the
+    data is invalid.
     """
     from .processing import process as process_event
     from .serialization import serialize_event
 
-    data = _parse_data((), as_json)
+    data = _parse_data(pairs, as_json)
     with _errors_as_exit_codes():
         payload = serialize_event(find_event(name)(data))
         result = process_event(name, payload)
@@ -212,8 +287,8 @@ def worker(celery_args: tuple[str, ...]) -> None:
     """Start a Celery worker for eventlib's queue.
 
     Every other option goes to Celery's worker (--concurrency, --loglevel,
-    --pool, ...).  With a Celery app of your own, run
-    `celery -A yourproject worker -Q eventlib` instead.
+    --pool, ...).  With a Celery app of your own, name it with -A
+    (`eventlib -A proj worker`), or run `celery -A proj worker -Q eventlib`.
     """
     from .sending import celery_app, check_broker
 
@@ -270,21 +345,77 @@ def dead() -> None:
     """
 
 
+_AGE = re.compile(r"(\d+)\s*([smhdw])")
+_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class _Since(click.ParamType):
+    """A time: ISO 8601 (``2025-03-01``, ``2025-03-01 14:00``, UTC unless it
+    has an offset) or an age (``30m``, ``2h``, ``7d``: that long ago)."""
+
+    name = "WHEN"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        age = _AGE.fullmatch(text)
+        if age:
+            return datetime.now(UTC) - timedelta(**{_AGE_UNITS[age[2]]: int(age[1])})
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(
+                f"{value!r} is neither a time (2025-03-01, 2025-03-01 14:00, "
+                "2025-03-01T14:00+01:00) nor an age (90s, 30m, 2h, 7d, 1w)",
+                param,
+                ctx,
+            )
+        return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _dead_letter_filters(command: _Command) -> _Command:
+    """--event, --handler and --since, as :func:`eventlib.deadletters.list_dead_letters`
+    takes them."""
+    for option in reversed(
+        [
+            click.option("--event", metavar="NAME", help="Only those of this event (shop.Refund)."),
+            click.option(
+                "--handler",
+                metavar="NAME",
+                help="Only those of this handler: its qualified name or its end (charge).",
+            ),
+            click.option(
+                "--since",
+                type=_Since(),
+                help="Only those that last failed at or after this time (UTC unless it has an "
+                "offset) or within this age: 2025-03-01, '2025-03-01 14:00', 30m, 2h, 7d.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @dead.command(name="list")
+@_dead_letter_filters
 @click.option(
     "--json", "as_json", is_flag=True, help="Print JSON (every field) instead of a table."
 )
-def dead_list(as_json: bool) -> None:
-    """List the dead letters, oldest first."""
+def dead_list(
+    event: str | None, handler: str | None, since: datetime | None, as_json: bool
+) -> None:
+    """List the dead letters by the time of their last failure, oldest
+    first: all of them, or those the options keep."""
     from .deadletters import list_dead_letters
 
     with _dead_letter_errors():
-        letters = list_dead_letters()
+        letters = list_dead_letters(event=event, handler=handler, since=since)
     if as_json:
         click.echo(json.dumps([letter.as_dict() for letter in letters], indent=2))
         return
     if not letters:
-        click.echo("no dead letters")
+        click.echo("no dead letters" + _kept_by(event, handler, since))
         return
     rows = [("ID", "FAILED AT (UTC)", "EVENT", "HANDLER", "ATTEMPTS", "REASON")]
     for letter in letters:
@@ -303,6 +434,19 @@ def dead_list(as_json: bool) -> None:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _kept_by(event: str | None, handler: str | None, since: datetime | None) -> str:
+    """`` of shop.Refund, of handler charge, since ...``: what the filters
+    keep, for messages; empty without filters."""
+    words = []
+    if event is not None:
+        words.append(f"of {event}")
+    if handler is not None:
+        words.append(f"of handler {handler}")
+    if since is not None:
+        words.append(f"since {since.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC")
+    return "".join(" " + word for word in words)
 
 
 @dead.command(name="show")
@@ -414,21 +558,24 @@ def _retry_here(letter: DeadLetter) -> str | None:
 
 
 @dead.command(name="purge")
+@_dead_letter_filters
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def dead_purge(yes: bool) -> None:
-    """Delete every dead letter."""
+def dead_purge(event: str | None, handler: str | None, since: datetime | None, yes: bool) -> None:
+    """Delete every dead letter, or those the options keep (the same as for
+    `eventlib dead list`)."""
     from .deadletters import database_name, list_dead_letters, purge
 
+    which = _kept_by(event, handler, since)
     if not yes:
         with _dead_letter_errors():
-            count = len(list_dead_letters())
+            count = len(list_dead_letters(event=event, handler=handler, since=since))
         if not count:
-            click.echo("no dead letters")
+            click.echo("no dead letters" + which)
             return
-        click.confirm(f"Delete {_letters(count)} from {database_name()}?", abort=True)
+        click.confirm(f"Delete {_letters(count)}{which} from {database_name()}?", abort=True)
     with _dead_letter_errors():
-        purged = purge()
-    click.echo(f"purged {_letters(purged)}")
+        purged = purge(event=event, handler=handler, since=since)
+    click.echo(f"purged {_letters(purged)}{which}")
 
 
 def _letters(count: int) -> str:

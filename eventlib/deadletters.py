@@ -16,9 +16,12 @@ first use.  Every worker process writes to it, so production wants one
 database all workers reach: PostgreSQL (``postgresql://...``), or an SQLite
 file by absolute path when every worker runs on one machine.
 
-:func:`retry` runs a dead letter again, only the handler that failed: a
-success removes it; a new failure keeps it, with one more attempt, the new
-reason and traceback.  ``eventlib dead`` does the same from a shell.
+:func:`list_dead_letters` lists them by the time of their last failure,
+oldest first, all of them or those of one event, one handler, since a time;
+:func:`purge` deletes the same.  :func:`retry` runs a dead letter again, only
+the handler that failed: a success removes it; a new failure keeps it, with
+one more attempt, the new reason and traceback.  ``eventlib dead`` does the
+same from a shell.
 """
 
 from __future__ import annotations
@@ -44,12 +47,14 @@ from sqlalchemy import (
     event,
     insert,
     inspect,
+    or_,
     select,
     update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.schema import CreateTable
+from sqlalchemy.sql import ColumnElement
 
 from . import metrics
 from ._sqlite import use_wal
@@ -152,11 +157,41 @@ def record(
     return int(new_id)
 
 
-def list_dead_letters() -> list[DeadLetter]:
-    """Every dead letter, oldest first."""
+def list_dead_letters(
+    *, event: str | None = None, handler: str | None = None, since: datetime | None = None
+) -> list[DeadLetter]:
+    """The dead letters, by the time of their last failure, oldest first
+    (in the order they were recorded for the same time).
+
+    Given, ``event``, ``handler`` and ``since`` keep only the dead letters
+    of the event of that name (``shop.Refund``), of that handler, and those
+    that last failed at or after that time.  ``handler`` is the qualified
+    name (``shop.events.Refund.charge``) or its end after any dot
+    (``charge``, ``Refund.charge``); the dead letter of a whole event has no
+    handler, so it never matches.  ``since`` is taken as UTC when it has no
+    time zone.
+    """
+    query = select(TABLE).where(*_matching(event=event, handler=handler, since=since))
     with _engine().connect() as connection:
-        rows = connection.execute(select(TABLE).order_by(TABLE.c.id)).all()
+        rows = connection.execute(query.order_by(TABLE.c.failed_at, TABLE.c.id)).all()
     return [_from_row(row) for row in rows]
+
+
+def _matching(
+    *, event: str | None = None, handler: str | None = None, since: datetime | None = None
+) -> list[ColumnElement[bool]]:
+    """The conditions of :func:`list_dead_letters`'s filters, for a query's
+    ``where()``; none when no filter is given."""
+    conditions: list[ColumnElement[bool]] = []
+    if event is not None:
+        conditions.append(TABLE.c.event_name == event)
+    if handler is not None:
+        end = TABLE.c.handler.endswith("." + handler, autoescape=True)
+        conditions.append(or_(TABLE.c.handler == handler, end))
+    if since is not None:
+        since = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
+        conditions.append(TABLE.c.failed_at >= since)
+    return conditions
 
 
 def get(dead_letter_id: int) -> DeadLetter | None:
@@ -227,10 +262,15 @@ def _retry(letter: DeadLetter, here: bool) -> ProcessResult | None:
     return None
 
 
-def purge() -> int:
-    """Delete every dead letter; return how many there were."""
+def purge(
+    *, event: str | None = None, handler: str | None = None, since: datetime | None = None
+) -> int:
+    """Delete the dead letters and return how many there were: every one,
+    or those ``event``, ``handler`` and ``since`` keep, as for
+    :func:`list_dead_letters`."""
+    query = delete(TABLE).where(*_matching(event=event, handler=handler, since=since))
     with _engine().begin() as connection:
-        return int(connection.execute(delete(TABLE)).rowcount)
+        return int(connection.execute(query).rowcount)
 
 
 def resolve(dead_letter_id: int) -> None:

@@ -13,7 +13,10 @@ set, it uses that queue instead and leaves it in place.  The first lines it
 prints name the broker and the queue.
 
 It starts a worker, logs a few hundred events, shows progress while the
-worker processes them, then prints a report.  It exits with status 1 when an
+worker processes them (on a terminal, one line updated in place; otherwise
+a line every few seconds), then prints a report: each handler's runs by its
+short name, and, for the handler that fails on purpose, where its dead
+letters are and the command that lists them.  It exits with status 1 when an
 event was lost (not completely processed before the deadline).
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -30,6 +34,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -37,9 +42,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import eventlib  # noqa: E402
+from eventlib import deadletters  # noqa: E402
 from eventlib.sending import broker_name, celery_app  # noqa: E402
 
 FAILURE = re.compile(r"Handler (\S+) failed on event")
+#: The handler of examples/shop/events.py that always raises, to show failures.
+FAILS_ON_PURPOSE = "email_receipt"
+#: Seconds between progress lines when the output is not a terminal.
+PROGRESS_EVERY = 5.0
 
 
 def start_worker(log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -108,12 +118,37 @@ def handler_runs(database: Path, logged: set[str]) -> Counter[str]:
     return Counter(handler for event_id, handler in rows if event_id in logged)
 
 
-def progress(done: int, total: int) -> None:
-    width = 40
-    filled = width * done // total
-    print(
-        f"\r  processed [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", flush=True
-    )
+class Progress:
+    """How many events were processed: on a terminal, one line rewritten in
+    place; otherwise (a log, a pipe) a plain line every few seconds and at
+    the end, so that no carriage returns end up in a file."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.on_terminal = sys.stdout.isatty()
+        self.last_line = 0.0
+
+    def show(self, done: int, *, last: bool = False) -> None:
+        if self.on_terminal:
+            width = 40
+            filled = width * done // self.total
+            bar = f"[{'#' * filled}{'.' * (width - filled)}]"
+            print(f"\r  processed {bar} {done}/{self.total}", end="\n" if last else "", flush=True)
+        elif last or time.monotonic() - self.last_line >= PROGRESS_EVERY:
+            self.last_line = time.monotonic()
+            print(f"  processed {done}/{self.total}", flush=True)
+
+
+def short_name(handler: str) -> str:
+    """``email_receipt`` for ``shop.events.OrderPlaced.email_receipt``."""
+    return handler.rpartition(".")[2]
+
+
+def print_table(rows: list[tuple[str, str]]) -> None:
+    """Rows of a label and a value, the values in one column."""
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}".rstrip())
 
 
 def main() -> int:
@@ -152,6 +187,7 @@ def main() -> int:
         wait_until_ready(worker, worker_log, timeout=60)
         print("  worker ready; logging events")
         started = time.monotonic()
+        started_at = datetime.now(UTC)
         logged: set[str] = set()
         for number in range(options.events):
             if number % 3:
@@ -167,14 +203,14 @@ def main() -> int:
         log_seconds = time.monotonic() - started
 
         deadline = started + options.timeout
+        progress = Progress(len(logged))
         done = completed(database, logged)
         while done < len(logged) and time.monotonic() < deadline:
-            progress(done, len(logged))
+            progress.show(done)
             time.sleep(0.2)
             done = completed(database, logged)
-        progress(done, len(logged))
+        progress.show(done, last=True)
         elapsed = time.monotonic() - started
-        print()
     finally:
         try:
             stop_worker(worker)
@@ -183,23 +219,42 @@ def main() -> int:
                 delete_queue(queue)
 
     runs = handler_runs(database, logged)
-    failures = Counter(FAILURE.findall(worker_log.read_text()))
+    failures = Counter(short_name(name) for name in FAILURE.findall(worker_log.read_text()))
     lost = len(logged) - done
+    rate = len(logged) / log_seconds
+    rows = [
+        ("events logged", f"{len(logged)} (in {log_seconds:.2f}s, {rate:.0f}/s)"),
+        ("events processed", str(done)),
+        ("handlers run", str(sum(runs.values()) + sum(failures.values()))),
+        *((f"  ok      {handler}", str(count)) for handler, count in sorted(runs.items())),
+        *((f"  failed  {handler}", str(count)) for handler, count in sorted(failures.items())),
+        ("events per second", f"{done / elapsed:.0f} end to end"),
+        ("events lost", str(lost)),
+        ("worker log", str(worker_log)),
+    ]
     print("\nReport")
-    print(
-        f"  events logged          {len(logged)} "
-        f"(in {log_seconds:.2f}s, {len(logged) / log_seconds:.0f}/s)"
-    )
-    print(f"  events processed       {done}")
-    print(f"  handlers run           {sum(runs.values()) + sum(failures.values())}")
-    for handler, count in sorted(runs.items()):
-        print(f"    ok      {handler:<28} {count}")
-    for handler, count in sorted(failures.items()):
-        print(f"    failed  {handler:<28} {count}")
-    print(f"  events per second      {done / elapsed:.0f} end to end")
-    print(f"  events lost            {lost}")
-    print(f"  worker log             {worker_log}")
+    print_table(rows)
+    print_dead_letters(started_at)
     return 1 if lost else 0
+
+
+def print_dead_letters(since: datetime) -> None:
+    """Say that the failures are on purpose, and how to list their dead letters."""
+    url = eventlib.conf.get_settings().dead_letter_url
+    try:
+        count = len(deadletters.list_dead_letters(handler=FAILS_ON_PURPOSE, since=since))
+    except Exception as error:  # the report stands without it
+        print(f"demo: could not read the dead letters in {url}: {error}", file=sys.stderr)
+        return
+    command = Path(sys.executable).with_name("eventlib")
+    if command.is_relative_to(Path.cwd()):
+        command = command.relative_to(Path.cwd())
+    print(
+        f"\n{FAILS_ON_PURPOSE} fails on purpose (the demo's mail server is down), to show\n"
+        f"what becomes of failures: {count} dead letters of this run. List them with:\n"
+        f"  EVENTLIB_DEAD_LETTER_URL={shlex.quote(url)} \\\n"
+        f"    {command} dead list --handler {FAILS_ON_PURPOSE}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
 import eventlib
@@ -120,12 +121,72 @@ def test_the_data_comes_back_exactly(shop):
     assert type(letter.data["amount"]) is Decimal
 
 
-def test_listing_is_oldest_first_and_get_answers_none_for_an_unknown_id():
-    ids = [a_dead_letter(event_id=f"event-{n}") for n in range(3)]
+def failed_at(dead_letter_id: int, when: datetime) -> None:
+    """Pretend the dead letter last failed at ``when``."""
+    with deadletters._engine().begin() as connection:
+        connection.execute(
+            update(deadletters.TABLE)
+            .where(deadletters.TABLE.c.id == dead_letter_id)
+            .values(failed_at=when)
+        )
 
+
+def test_listing_is_by_last_failure_oldest_first():
+    ids = [a_dead_letter(event_id=f"event-{n}") for n in range(3)]
     assert [letter.id for letter in deadletters.list_dead_letters()] == ids
-    assert ids == sorted(ids)
+
+    # The first fails again: it is now the one that failed last.
+    deadletters.failed_again(ids[0], reason="RuntimeError: again", traceback="")
+    assert [letter.id for letter in deadletters.list_dead_letters()] == [ids[1], ids[2], ids[0]]
+
+    failed_at(ids[2], datetime(2020, 1, 1, tzinfo=UTC))
+    assert [letter.id for letter in deadletters.list_dead_letters()] == [ids[2], ids[1], ids[0]]
     assert deadletters.get(max(ids) + 1) is None
+
+
+def test_listing_filters_by_event_handler_and_time():
+    charge = a_dead_letter(handler="shop.events.Refund.charge")
+    notify = a_dead_letter(handler="shop.events.Refund.notify")
+    whole = a_dead_letter(event_name="shop.Nope", handler=None)
+    failed_at(charge, datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+    failed_at(notify, datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+    failed_at(whole, datetime(2026, 3, 3, 12, 0, tzinfo=UTC))
+
+    def listed(**filters) -> list[int]:
+        return [letter.id for letter in deadletters.list_dead_letters(**filters)]
+
+    assert listed(event="shop.Refund") == [charge, notify]
+    assert listed(event="shop.Nope") == [whole]
+    assert listed(event="shop") == []
+    # The qualified name, or its end after a dot.
+    assert listed(handler="shop.events.Refund.charge") == [charge]
+    assert listed(handler="Refund.charge") == [charge]
+    assert listed(handler="charge") == [charge]
+    assert listed(handler="harge") == []
+    # SQL's wildcards are plain characters.
+    assert listed(handler="_harge") == []
+    assert listed(handler="%") == []
+    # At or after; a time without a zone is UTC.
+    assert listed(since=datetime(2026, 3, 2, 12, 0, tzinfo=UTC)) == [notify, whole]
+    assert listed(since=datetime(2026, 3, 2, 12, 0)) == [notify, whole]
+    assert listed(since=datetime(2026, 3, 2, 13, 30, tzinfo=timezone(timedelta(hours=2)))) == [
+        notify,
+        whole,
+    ]
+    assert listed(since=datetime(2026, 3, 2, 12, 0, 1, tzinfo=UTC)) == [whole]
+    assert listed(event="shop.Refund", handler="notify", since=datetime(2026, 3, 1)) == [notify]
+
+
+def test_purge_takes_the_same_filters():
+    charge = a_dead_letter(handler="shop.events.Refund.charge")
+    a_dead_letter(handler="shop.events.Refund.notify")
+    a_dead_letter(event_name="shop.Nope", handler=None)
+    failed_at(charge, datetime(2026, 3, 1, tzinfo=UTC))
+
+    assert deadletters.purge(handler="notify") == 1
+    assert deadletters.purge(event="shop.Refund", since=datetime(2026, 3, 2)) == 0
+    assert deadletters.purge(event="shop.Nope") == 1
+    assert [letter.id for letter in deadletters.list_dead_letters()] == [charge]
 
 
 def test_purge_deletes_everything_and_ids_are_never_reused():
@@ -429,6 +490,39 @@ def test_dead_list_when_there_are_none():
     assert eventlib_command("dead", "list", "--json") == (0, "[]\n", "")
 
 
+def test_dead_list_orders_by_last_failure_and_filters():
+    charge = a_dead_letter(handler="shop.events.Refund.charge")
+    notify = a_dead_letter(handler="shop.events.Refund.notify")
+    whole = a_dead_letter(event_name="shop.Nope", handler=None)
+    failed_at(charge, datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+    failed_at(notify, datetime.now(UTC) - timedelta(minutes=10))
+    failed_at(whole, datetime(2026, 2, 1, tzinfo=UTC))
+
+    def ids(*args: str) -> list[int]:
+        code, out, err = eventlib_command("dead", "list", "--json", *args)
+        assert (code, err) == (0, ""), err
+        return [letter["id"] for letter in json.loads(out)]
+
+    assert ids() == [whole, charge, notify]
+    assert ids("--event", "shop.Refund") == [charge, notify]
+    assert ids("--handler", "charge") == [charge]
+    assert ids("--since", "2026-03-01 12:00") == [charge, notify]
+    assert ids("--since", "2026-03-01T13:00+01:00") == [charge, notify]
+    assert ids("--since", "2026-03-02") == [notify]
+    assert ids("--since", "1h") == [notify]
+    assert ids("--since", "5m") == []
+    assert eventlib_command(
+        "dead", "list", "--event", "shop.Refund", "--handler", "charge", "--since", "2030-01-01"
+    ) == (0, "no dead letters of shop.Refund of handler charge since 2030-01-01 00:00:00 UTC\n", "")
+
+
+def test_dead_list_refuses_a_time_it_cannot_read():
+    code, _, err = eventlib_command("dead", "list", "--since", "yesterday")
+
+    assert code == 2
+    assert "Invalid value for '--since': 'yesterday' is neither a time" in err
+
+
 def test_dead_show_prints_everything(shop):
     letter = fail_a_refund(shop, {"order_id": 7, "amount": Decimal("1.10")})
 
@@ -574,6 +668,32 @@ def test_dead_purge_yes_does_not_ask():
     assert eventlib_command("dead", "purge") == (0, "no dead letters\n", "")
 
 
+def test_dead_purge_takes_the_filters_of_dead_list():
+    charge = a_dead_letter(handler="shop.events.Refund.charge")
+    a_dead_letter(handler="shop.events.Refund.notify")
+    a_dead_letter(event_name="shop.Nope", handler=None)
+    url = eventlib.conf.get_settings().dead_letter_url
+
+    code, out, _ = eventlib_command("dead", "purge", "--event", "shop.Refund", input="n\n")
+    assert code == 1
+    assert out.startswith(f"Delete 2 dead letters of shop.Refund from {url}? [y/N]: ")
+
+    assert eventlib_command("dead", "purge", "--handler", "notify", "--yes") == (
+        0,
+        "purged 1 dead letter of handler notify\n",
+        "",
+    )
+    assert eventlib_command("dead", "purge", "--event", "shop.Nope", "--since", "1h", "--yes")[
+        1
+    ].startswith("purged 1 dead letter of shop.Nope since ")
+    assert eventlib_command("dead", "purge", "--event", "shop.Nope") == (
+        0,
+        "no dead letters of shop.Nope\n",
+        "",
+    )
+    assert [letter.id for letter in deadletters.list_dead_letters()] == [charge]
+
+
 def test_dead_commands_with_an_unusable_database_exit_2(tmp_path):
     eventlib.configure(dead_letter_url=f"sqlite:///{tmp_path / 'missing' / 'dead.sqlite'}")
 
@@ -589,10 +709,10 @@ def test_dead_commands_with_an_unusable_database_exit_2(tmp_path):
 def test_dead_help_describes_each_command():
     for command, described in [
         ((), "List, show, retry and purge dead letters."),
-        (("list",), "List the dead letters, oldest first."),
+        (("list",), "List the dead letters by the time of their last failure, oldest"),
         (("show",), "Show everything about the dead letter ID"),
         (("retry",), "Run the dead letter ID (or --all of them) again"),
-        (("purge",), "Delete every dead letter."),
+        (("purge",), "Delete every dead letter, or those the options keep"),
     ]:
         code, out, _ = eventlib_command("dead", *command, "--help")
         assert code == 0

@@ -17,8 +17,8 @@ import pytest
 
 import eventlib
 from eventlib import EventNotFound, SerializationError
-from eventlib.dispatch import spool_status
 from eventlib.http import application
+from eventlib.sending import spool_status
 
 from .http_server import LiveServer, Reply, serve
 
@@ -95,6 +95,7 @@ def during_an_outage(broker_url: str) -> None:
     eventlib.configure(always_eager=False, broker_url=broker_url, broker_timeout=0.5)
     before = spool_status().count
     assert eventlib.log("shop.Signup", {"name": "Ana"})
+    assert eventlib.flush(timeout=10) is False
     assert spool_status().count == before + 1
 
 

@@ -1060,7 +1060,7 @@ def test_an_event_name_imports_nothing_outside_the_apps(server, isolation):
     assert "notanapp" not in sys.modules
 
 
-def test_an_events_module_the_server_imported_is_served_outside_the_apps(server, isolation):
+def test_an_events_module_outside_the_apps_is_refused_even_once_imported(server, isolation):
     isolation.write(
         "partner/events.py",
         """
@@ -1074,7 +1074,9 @@ def test_an_events_module_the_server_imported_is_served_outside_the_apps(server,
     assert_error(post(server, "__event__=partner.Visit"), 404)
     assert "partner.events" not in sys.modules
     importlib.import_module("partner.events")
-    assert post(server, "__event__=partner.Visit&page=home").status == 202
+    reply = post(server, "__event__=partner.Visit&page=home")
+    assert_error(reply, 404)
+    assert "not among the configured apps" in reply.json()["error"]
 
 
 # ------------------------------------------------------ property-based test ---

@@ -3,6 +3,7 @@ demo`` runs it) and on Redis and RabbitMQ (``EVENTLIB_BROKER_URL`` set)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -43,6 +44,50 @@ def worker_log(report: str) -> str:
     return Path(re.search(r"worker log\s+(\S+)\n", report)[1]).read_text()
 
 
+def assert_the_report_is_aligned(report: str) -> None:
+    """Plain lines (the output is not a terminal: no carriage returns), and
+    in the report's table every value, each handler's count included,
+    starts in the same column."""
+    assert "\r" not in report
+    assert re.search(r"^  processed 120/120$", report, re.M), report
+    table = report.partition("\nReport\n")[2].partition("\n\n")[0].splitlines()
+    assert [line.split()[:2] for line in table if line.startswith("    ")] == [
+        ["ok", "audit"],
+        ["ok", "count_view"],
+        ["ok", "save_order"],
+        ["failed", "email_receipt"],
+    ]
+    # A value starts after the last run of two spaces or more of its line.
+    columns = {[gap.end() for gap in re.finditer(r"\S {2,}", line)][-1] for line in table}
+    assert len(columns) == 1, table
+
+
+def assert_the_report_lists_the_dead_letters(report: str, count: int) -> None:
+    """The report says the failing handler fails on purpose, and gives a
+    command that lists its dead letters: run, it lists them."""
+    assert "\nemail_receipt fails on purpose (the demo's mail server is down)" in report
+    assert f"{count} dead letters of this run" in report
+    found = re.search(
+        r"^  EVENTLIB_DEAD_LETTER_URL=(\S+) \\\n    (\S+) dead list --handler email_receipt$",
+        report,
+        re.M,
+    )
+    assert found, report
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EVENTLIB_")}
+    env["EVENTLIB_DEAD_LETTER_URL"] = found[1]
+    listed = subprocess.run(
+        [found[2], "dead", "list", "--handler", "email_receipt", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    letters = json.loads(listed.stdout)
+    assert len(letters) == count
+    assert {letter["handler"] for letter in letters} == {"shop.events.OrderPlaced.email_receipt"}
+
+
 @pytest.mark.parametrize("kind", ["amqp", "embedded", "redis"])
 def test_the_demo_processes_every_event_in_a_queue_of_its_own(tmp_path, kind):
     if kind == "embedded":
@@ -68,7 +113,9 @@ def test_the_demo_processes_every_event_in_a_queue_of_its_own(tmp_path, kind):
     assert re.search(r"ok\s+save_order\s+40\n", report)
     assert re.search(r"ok\s+count_view\s+80\n", report)
     assert re.search(r"ok\s+audit\s+120\n", report)
-    assert re.search(r"failed\s+shop\.events\.OrderPlaced\.email_receipt\s+40\n", report)
+    assert re.search(r"failed\s+email_receipt\s+40\n", report)
+    assert_the_report_is_aligned(report)
+    assert_the_report_lists_the_dead_letters(report, count=40)
     if kind != "embedded":
         assert not queue_exists(settings["EVENTLIB_BROKER_URL"], queue), f"{queue} is left"
 

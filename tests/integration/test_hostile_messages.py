@@ -13,7 +13,7 @@ import redis
 
 import eventlib
 from eventlib import SerializationError, conf, deadletters
-from eventlib.dispatch import celery_app
+from eventlib.sending import celery_app
 
 from .support import Project, wait_for
 
