@@ -89,6 +89,10 @@ class _FlushMark:
         self.unpublished = False
 
 
+class _Stopped(Exception):
+    """The publisher is asked to stop: the spool keeps what it holds."""
+
+
 class Sender:
     """The sending side of this process (see the module documentation).
 
@@ -112,6 +116,10 @@ class Sender:
         self._stopping = False
         #: Whether the spool may hold events of this process's destination.
         self._spool_waiting = True
+        #: Whether the broker took the last publish: until it has, the
+        #: publisher checks it before it claims spooled events, so that a
+        #: process killed during an outage leaves no claim behind.
+        self._broker_answered = False
         self._recorders: list[Recorder] = []
         #: What a forked child must not touch, kept referenced rather than
         #: closed on its parent's behalf.
@@ -277,6 +285,7 @@ class Sender:
                 retry_policy=PUBLISH_RETRY_POLICY,
                 add_to_parent=False,
             )
+        self._broker_answered = True
         metrics.increment("published", len(events))
         return True
 
@@ -304,6 +313,7 @@ class Sender:
                 },
             )
         self.circuit.trip()
+        self._broker_answered = False
         self._next_probe = time.monotonic() + settings.spool_probe_interval
 
     # ------------------------------------------------------ the publisher ---
@@ -403,9 +413,19 @@ class Sender:
         the broker took them all (some may remain, held by another process's
         publisher, which publishes them)."""
         spool = self.spool(settings)
+
+        def publish(events: list[SpooledEvent]) -> None:
+            if self._stopping:
+                raise _Stopped
+            self._publish_spooled(app, events)
+
         try:
-            flushed = spool.flush(lambda events: self._publish_spooled(app, events))
+            if not self._broker_answered and spool.status().count:
+                check_broker(app)
+            flushed = spool.flush(publish)
             status = spool.status()
+        except _Stopped:
+            return True
         except SpoolError as error:
             logger.error("%s; the events in it wait until it can be read", error)
             self._spool_waiting = True
@@ -491,15 +511,15 @@ class Sender:
         """Publish or spool what the buffer holds, within about three
         ``broker_timeout``s; what the publisher cannot take by then is
         spooled here."""
-        if not self._buffer:
-            return
-        timeout = 3 * get_settings().broker_timeout
         try:
-            if self.flush(timeout):
-                return
-            self._buffer_to_spool(get_settings())
+            if self._buffer and not self.flush(3 * get_settings().broker_timeout):
+                self._buffer_to_spool(get_settings())
         except Exception:
             logger.exception("The events in memory could not be published or spooled")
+        finally:
+            # Not killed in the middle of a publish by the interpreter's end,
+            # so that it leaves no spooled events claimed.
+            self._stop_thread(get_settings().broker_timeout)
         lost = [item for item in self._buffer if not isinstance(item, _FlushMark)]
         for name, event_id, payload in lost:
             logger.error(
@@ -593,10 +613,18 @@ class Sender:
             return
         if self._buffer and thread.is_alive():
             self.flush(3 * get_settings().broker_timeout)
+        self._stop_thread(3 * get_settings().broker_timeout)
+
+    def _stop_thread(self, timeout: float) -> None:
+        """Stop the publisher thread between two publishes, waiting at most
+        ``timeout`` seconds for it."""
+        thread = self._thread
+        if thread is None:
+            return
         self._stopping = True
         self._wake.set()
         if thread is not threading.current_thread():
-            thread.join(3 * get_settings().broker_timeout)
+            thread.join(timeout)
         self._thread = None
 
     def after_fork(self) -> None:
@@ -611,6 +639,7 @@ class Sender:
         self._wake = threading.Event()
         self._thread = None
         self._stopping = False
+        self._broker_answered = False
         self.circuit = Circuit()
 
 

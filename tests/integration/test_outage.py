@@ -181,6 +181,7 @@ def test_events_logged_during_an_outage_are_spooled_then_all_processed(
     started = time.monotonic()
     during = [eventlib.log("shop.Purchase", {"sku": f"during-{n}"}) for n in range(300)]
     logging_seconds = time.monotonic() - started
+    assert eventlib.flush(timeout=10) is False
     assert spool_status().count == len(during)
     redis_server.start()
 
@@ -294,6 +295,7 @@ def test_processes_and_threads_logging_while_the_broker_is_down_lose_nothing(
     log() returned, before anything could be published.  Then Redis comes back and
     `eventlib spool flush` publishes everything, once."""
     project = outage_project
+    project.configure_here()  # spool_status() here: the loggers' destination
     redis_server.kill()
 
     ids = run_loggers(project, tmp_path, processes=4, threads=4, each=25, crash=crash)
@@ -325,6 +327,7 @@ def test_the_first_call_waits_for_a_silent_broker_and_the_rest_spool_at_once(
         broker_url=f"redis://127.0.0.1:{silent_port}/0",
         broker_timeout=0.5,
         spool_probe_interval=3600,
+        dispatch="direct",
     )
     started = time.monotonic()
     eventlib.log("shop.Purchase", {})
@@ -510,8 +513,10 @@ def log_through_a_broker_kill(
     comes back, and the process's flusher drains the spool; they stop 100
     events after that.  No worker runs meanwhile: what a worker takes at the
     instant the broker dies is the broker's business, not log()'s, and
-    kombu's Redis transport can lose it (docs/reliability.md)."""
-    eventlib.configure(broker_timeout=0.5, spool_probe_interval=0.5)
+    kombu's Redis transport can lose it (docs/reliability.md).  In the
+    ``direct`` mode, where the call in progress is the publish: in the
+    ``background`` mode the publisher's batch in flight takes its place."""
+    eventlib.configure(broker_timeout=0.5, spool_probe_interval=0.5, dispatch="direct")
     before = metrics.snapshot()
     loggers = BusyLoggers(threads, pause)
     loggers.start()
@@ -579,11 +584,12 @@ CRASHING_FLUSHER_SOURCE = """
     # The claim on the batch lasts this long; it is written to the spool file,
     # where the next flusher reads it, whatever its own LEASE_SECONDS.
     eventlib.spool.LEASE_SECONDS = float(sys.argv[1])
+    eventlib.spool.BATCH = int(sys.argv[2])
     publish = sending.sender._publish_spooled
 
-    def publish_then_crash(app, queue, event):
-        publish(app, queue, event)  # returned: the broker has the event
-        print(event.event_id, flush=True)
+    def publish_then_crash(app, batch):
+        publish(app, batch)  # returned: the broker has the batch
+        print(" ".join(event.event_id for event in batch), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)  # before the spool forgets it
 
     sending.sender._publish_spooled = publish_then_crash
@@ -594,6 +600,8 @@ CRASHING_FLUSHER_SOURCE = """
 #: The claim of the killed flusher: long enough for an early `eventlib spool
 #: flush` to start, find it, and publish nothing.
 CRASH_LEASE_SECONDS = 10.0
+#: The batch the killed flusher claims and publishes (in one message).
+CRASH_BATCH = 5
 
 
 def crash_a_flusher_after_its_first_publish(
@@ -605,28 +613,30 @@ def crash_a_flusher_after_its_first_publish(
 ) -> None:
     """Spool 20 events while the broker is down; bring it back and a worker;
     run ``flush_spool()`` in a process SIGKILLed right after the broker took
-    the first event, before it left the spool; then, once that flusher's
-    claim expired, ``eventlib spool flush``.  Every event is processed, the
-    first exactly twice, the others once."""
+    its first batch, before it left the spool; then, once that flusher's
+    claim expired, ``eventlib spool flush``.  Every event is processed, those
+    of the first batch exactly twice, the others once."""
     project.configure_here()
     eventlib.configure(broker_timeout=0.5, spool_probe_interval=3600)
     kill()
     ids = [eventlib.log("shop.Purchase", {"sku": f"spooled-{n}"}) for n in range(20)]
+    assert eventlib.flush(timeout=10) is False
     assert spool_status().count == len(ids)
+    first = ids[:CRASH_BATCH]
     restart()
     project.start_worker()
 
     script = tmp_path / "crashing_flusher.py"
     script.write_text(textwrap.dedent(CRASHING_FLUSHER_SOURCE))
     crashed = subprocess.run(
-        [sys.executable, str(script), str(CRASH_LEASE_SECONDS)],
+        [sys.executable, str(script), str(CRASH_LEASE_SECONDS), str(CRASH_BATCH)],
         env=command_environment(project),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
-    assert crashed.stdout.split() == [ids[0]]  # the oldest event, alone
+    assert crashed.stdout.split() == first  # the oldest events
     # Still spooled, all of them, under the dead flusher's claim.
     status = spool_status()
     assert status.count == len(ids)
@@ -634,7 +644,7 @@ def crash_a_flusher_after_its_first_publish(
     assert held_until is not None
     # The broker had the event before the crash: the worker gets it.
     wait_for(quiet(project, queue_idle), 120, "the worker to empty the queue")
-    assert project.records.runs_per_event("audit") == {ids[0]: 1}
+    assert project.records.runs_per_event("audit") == dict.fromkeys(first, 1)
 
     early = flush(project)
     assert time.time() < held_until, "the early flush ended after the claim expired"
@@ -655,7 +665,7 @@ def crash_a_flusher_after_its_first_publish(
     wait_for(quiet(project, queue_idle), 120, "the worker to empty the queue")
     runs = project.records.runs_per_event("audit")
     assert set(runs) == set(ids), f"lost: {set(ids) - set(runs)}"
-    assert runs == {**dict.fromkeys(ids, 1), ids[0]: 2}  # the first twice, the others once
+    assert runs == {**dict.fromkeys(ids, 1), **dict.fromkeys(first, 2)}  # the batch twice
 
 
 def test_a_flusher_killed_after_a_publish_duplicates_that_event_and_loses_none(

@@ -245,10 +245,12 @@ def test_events_logged_during_a_rabbitmq_outage_are_spooled_then_all_processed(
     eventlib.configure(broker_timeout=0.5, spool_probe_interval=0.5)
 
     before = [eventlib.log("shop.Purchase", {"sku": f"before-{n}"}) for n in range(100)]
+    assert eventlib.flush(timeout=30)  # RabbitMQ confirmed them all
     rabbitmq.kill()
     started = time.monotonic()
     during = [eventlib.log("shop.Purchase", {"sku": f"during-{n}"}) for n in range(300)]
     logging_seconds = time.monotonic() - started
+    assert eventlib.flush(timeout=10) is False
     assert spool_status().count == len(during)
     rabbitmq.start()  # same port, same data directory
 
