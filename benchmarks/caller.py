@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import APP, BARE_DATA, DATA, ORDER, ROOT, BenchError
+from .common import APP, BARE_DATA, DATA, ORDER, ROOT, BenchError, Unavailable, configure_dispatch
 
 #: Every variant, with the label the report gives it.
 VARIANTS = {
@@ -63,10 +63,6 @@ VARIANTS = {
 MODES = ("direct", "background", "spool")
 #: Seconds a variant may take to publish what a block left behind.
 SETTLE_TIMEOUT = 120.0
-
-
-class Unavailable(Exception):
-    """The installed libraries cannot run this variant."""
 
 
 @dataclass
@@ -85,20 +81,9 @@ def set_up(variant: str, broker_url: str, queue: str, spool: str, sink: str | No
     if variant == "track":
         return _track(sink)
     import eventlib
-    from eventlib.exceptions import ConfigurationError
 
-    settings = {"broker_url": broker_url, "queue": queue, "apps": [APP], "spool_path": spool}
     mode = variant.partition(":")[2] or "direct"
-    try:
-        eventlib.configure(dispatch=mode, **settings)
-    except ConfigurationError as error:
-        # An eventlib without dispatch modes (no ``flush()``) always
-        # publishes in the caller: that is ``direct``.
-        if mode != "direct" or hasattr(eventlib, "flush"):
-            why = str(error).partition(";")[0]  # not the list of every setting
-            refused = f"the installed eventlib refuses dispatch={mode!r} ({why})"
-            raise Unavailable(refused) from None
-        eventlib.configure(**settings)
+    configure_dispatch(mode, broker_url=broker_url, queue=queue, apps=[APP], spool_path=spool)
     flush = getattr(eventlib, "flush", None)
 
     def settle() -> None:

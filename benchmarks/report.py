@@ -444,7 +444,7 @@ def _latency(report: Report) -> list[str]:
             figures = result.figures[variant]
             summary = figures.summary
             if summary is None:
-                rows.append([label, f"not available: {figures.unavailable}"] + [""] * 7)
+                rows.append([label, "not available"] + [""] * 7)
                 continue
             settle = sorted(figures.settle_ns)[len(figures.settle_ns) // 2] / 1e6
             delivered = "n/a" if figures.delivered is None else f"{figures.delivered:,}"
@@ -506,7 +506,8 @@ def _first_call(report: Report) -> list[str]:
         label = next(b.label for b in report.brokers if b.kind == kind)
         for variant, first in found.items():
             if not first.first_ns:
-                rows.append([label, VARIANTS[variant], f"not available: {first.unavailable}"])
+                missing = "not available" if first.unavailable else "not measured"
+                rows.append([label, VARIANTS[variant], missing] + [""] * 3)
                 continue
             ms = sorted(n / 1e6 for n in first.first_ns)
             rows.append(
@@ -630,7 +631,7 @@ def _throughput(report: Report) -> list[str]:
     for result in report.throughput:
         for name, side in result.sides.items():
             if side.unavailable or not side.rates:
-                reason = f"not available: {side.unavailable}" if side.unavailable else "failed"
+                reason = "not available" if side.unavailable else "failed"
                 rows.append([result.broker.label, SIDE_LABELS[name], reason] + [""] * 6)
                 continue
             baseline = name == "bare"
