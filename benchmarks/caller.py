@@ -305,6 +305,7 @@ class CallerProcess:
         self.first_call_ns: int = first.get("first_call_ns", 0)
         if self.unavailable is not None:
             self.process.wait(timeout=timeout)
+            self.kill()  # closes the pipes
 
     def ask(self, command: str) -> dict[str, Any]:
         """Send one command, return its answer."""
@@ -326,9 +327,11 @@ class CallerProcess:
         self.process.stdin.close()
         done = self._read(self.timeout)
         self.process.wait(timeout=self.timeout)
+        self.kill()  # closes the pipes
         return done
 
     def kill(self) -> None:
+        """Kill the process if it still runs; close the pipes."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)

@@ -27,7 +27,7 @@ from .common import ROOT, WORKER_OPTIONS, Broker
 if TYPE_CHECKING:
     from .bench_log import Breakdown, FirstCall, LatencyResult
     from .bench_process import ProcessResult
-    from .bench_throughput import MemoryResult, ThroughputResult, WorkerBreakdown
+    from .bench_throughput import MemoryResult, Side, ThroughputResult, WorkerBreakdown
 
 PAGE = ROOT / "docs" / "benchmarks.md"
 CHART = ROOT / "docs" / "benchmarks-latency.png"
@@ -339,7 +339,8 @@ def _targets(report: Report) -> list[_Target]:
     change = memory.change if memory else float("nan")
     targets.append(
         _Target(
-            f"worker RSS at the end / at the start, over {memory.events if memory else 0:,} events",
+            "worker RSS at the end / at the start"
+            + (f", over {memory.events:,} events" if memory else ""),
             "Redis",
             _pct(change),
             1 + change,
@@ -396,10 +397,10 @@ def _first_missing(first: FirstCall | None) -> str:
     return "not available" if first.unavailable else "not measured"
 
 
-def _side_missing(throughput: ThroughputResult | None, side: object) -> str | None:
-    if throughput is None:
+def _side_missing(throughput: ThroughputResult | None, side: Side | None) -> str | None:
+    if throughput is None or side is None:
         return "not measured"
-    if getattr(side, "unavailable", None):
+    if side.unavailable:
         return "not available"
     if throughput.error or not throughput.sides["bare"].rates:
         return f"failed: {throughput.error}"
