@@ -285,7 +285,7 @@ def memory(
             result.mode, result.fallback = "direct", caller.unavailable
             caller = CallerProcess(SIDES["direct"], broker.url, queue, workdir)
 
-        def processed(count: int) -> Any:
+        def processed(count: int) -> bool:
             worker.check_alive()
             return counter.count() >= count
 
@@ -294,6 +294,8 @@ def memory(
         started = time.monotonic()
         caller.send(f"run {events}")
         while not processed(events + 1):
+            if caller.process.poll() is not None:
+                caller.receive()  # raises BenchError with the caller's error
             if time.monotonic() - started > deadline:
                 raise BenchError(f"timed out after {deadline:.0f}s waiting for {events} events")
             now = worker.rss()
