@@ -1,6 +1,7 @@
 # The README's two commands: `make demo` (set up, then run the demo) and
-# `make test` (set up, then the whole test suite).  `make bench` rewrites
-# docs/benchmarks.md; `make drill` runs the outage drill of docs/reliability.md.
+# `make test` (set up, then the whole test suite).  `make bench` rewrites the
+# tables of docs/benchmarks.md and its chart; `make drill` runs the outage
+# drill of docs/reliability.md.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -32,12 +33,11 @@ format: install
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache eventlib-*.sqlite*
 
+# `make bench ARGS=--quick` for a smoke run; ARGS go to benchmarks.run.
 bench: $(VENV)/.bench-installed
-	$(BIN)/python -m benchmarks.run
-	$(BIN)/python -m benchmarks.embedded_transports
-	$(BIN)/python -m benchmarks.spooling
+	$(BIN)/python -m benchmarks.run $(ARGS)
 
-$(VENV)/.bench-installed: $(VENV)/.installed
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(BIN)/python -m pip install --quiet --editable '.[test,bench]'
 	touch $@
 

@@ -1,30 +1,35 @@
-"""Benchmark 1: the cost of ``eventlib.log()`` in the caller against a bare
-Celery ``delay()`` of the same data, on the same app and broker.
+"""Benchmark 1: what ``log()`` costs its caller, per call, in each dispatch
+mode, side by side with Segment's analytics-python ``track()`` and Celery's
+``delay()``.
 
-Three calls are timed one by one, interleaved in rounds whose order rotates
-(A B C, B C A, C A B, ...) so that drift touches them all alike:
+Every variant of :data:`benchmarks.caller.VARIANTS` runs in a caller process
+of its own (:mod:`benchmarks.caller`), each eventlib or Celery one with a
+queue of its own on the same broker, Segment's posting to the local HTTP
+sink (:mod:`benchmarks.sink`):
 
-- ``log``: ``eventlib.log('benchmarks.benchapp.Order', DATA)``, five keys with
-  a Decimal and a datetime: event lookup, ``clean()``, eventlib's
-  serialization, then ``apply_async`` of ``eventlib.process``;
+- ``log:<mode>``: ``eventlib.log('benchmarks.benchapp.Order', DATA)``, five
+  keys with a Decimal and a datetime, with ``dispatch=<mode>``;
+- ``track``: ``client.track(user_id, 'Order', DATA)``, analytics-python's
+  client with its defaults but for ``host``;
 - ``delay``: ``bare.delay(BARE_DATA)``, the same data as plain JSON values, a
-  no-op task registered on the same Celery app (eventlib's own), sent to a
-  queue of its own on the same broker;
-- ``apply_async``: eventlib's exact Celery call with a payload serialized once
-  beforehand (``log`` minus eventlib's own work), to split the difference.
+  no-op task registered on eventlib's own Celery app;
+- ``apply_async``: eventlib's exact Celery call with a payload serialized
+  once beforehand (direct ``log`` minus eventlib's own work).
+
+Blocks of calls are timed call by call, interleaved in rounds whose order
+rotates (A B C, B C A, C A B, ...) so that drift touches them all alike.
+After each block its caller publishes what the block left behind (eventlib's
+``flush()``, Segment's ``flush()``) before the next block starts.
+
+:func:`first_calls` times the first call of fresh processes;
+:func:`breakdown` times eventlib's own steps in ``log()`` without a broker.
 """
 
 from __future__ import annotations
 
-import cProfile
-import gc
-import pstats
-import time
 import timeit
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 from celery.utils.saferepr import saferepr
 from kombu.serialization import dumps as kombu_dumps
@@ -33,171 +38,181 @@ import eventlib
 from eventlib.discovery import find_event
 from eventlib.sending import celery_app
 from eventlib.serialization import serialize_event
-from eventlib.tasks import TASK_NAME
 
-from .benchapp.tasks import register_bare
+from .caller import VARIANTS, CallerProcess
 from .common import (
     APP,
     BARE_DATA,
     DATA,
     ORDER,
+    BenchError,
     Broker,
     Summary,
     delete_queues,
     median,
+    queue_size,
     rotated,
     unique_queue,
 )
+from .sink import Sink
 
-VARIANTS = ("log", "delay", "apply_async")
+#: The variants profiled on one broker (the calling thread only).
+PROFILED = ("log:direct", "log:background", "log:spool", "track", "delay")
+#: The variants whose first call in a fresh process is timed.
+FIRST_CALLS = ("log:direct", "log:background", "log:spool", "track", "delay")
 
 
 @dataclass
-class LogResult:
+class Figures:
+    """One variant's run: per-call samples (ns) and what they led to."""
+
+    unavailable: str | None = None
+    samples_ns: list[int] = field(default_factory=list)
+    #: The median of each round, in µs.
+    round_medians: list[float] = field(default_factory=list)
+    #: What publishing a block's backlog took after the block, ns per block.
+    settle_ns: list[int] = field(default_factory=list)
+    #: Every call made: the first, the warm-up, the timed and profiled ones.
+    calls: int = 0
+    #: Broker messages in the variant's queue at the end (several events per
+    #: message when batched), or events the sink received for ``track``.
+    delivered: int | None = None
+    #: What the library reported lost (Segment's ``on_error``).
+    errors: int = 0
+    #: Own time per call by area (µs, under cProfile), and eventlib's
+    #: functions with the most cumulative time.
+    profile: dict[str, float] = field(default_factory=dict)
+    profile_top: list[tuple[str, float, float]] = field(default_factory=list)
+
+    @property
+    def summary(self) -> Summary | None:
+        return Summary.of(self.samples_ns) if self.samples_ns else None
+
+
+@dataclass
+class LatencyResult:
     broker: Broker
     rounds: int
     block: int
-    summaries: dict[str, Summary]
-    #: median(log) / median(delay) of each round.
-    round_ratios: list[float]
-    #: The ``delay()`` and ``log()`` profiles, by area (µs per call).
-    profile: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: The eventlib functions that took the most time in ``log()``.
-    profile_top: list[tuple[str, float, float]] = field(default_factory=list)
+    figures: dict[str, Figures]
     profile_calls: int = 0
 
-    def ratio(self, stat: str) -> float:
-        return getattr(self.summaries["log"], stat) / getattr(self.summaries["delay"], stat)
+    def available(self, *variants: str) -> bool:
+        return all(self.figures[v].summary is not None for v in variants)
 
+    def ratio(self, variant: str, baseline: str, stat: str = "median") -> float:
+        """``stat`` of ``variant`` over that of ``baseline`` (NaN when one of
+        them was not measured)."""
+        if not self.available(variant, baseline):
+            return float("nan")
+        mine, theirs = self.figures[variant].summary, self.figures[baseline].summary
+        return float(getattr(mine, stat) / getattr(theirs, stat))
 
-class Setup:
-    """eventlib configured for one broker, with the three calls to time."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.queues = [unique_queue("log"), unique_queue("bare")]
-        eventlib.configure(broker_url=broker.url, queue=self.queues[0], apps=[APP])
-        app = celery_app()
-        bare = register_bare(app, queue=self.queues[1])
-        process_task = app.tasks[TASK_NAME]
-        payload = serialize_event(find_event(ORDER)(DATA))
-        queue = self.queues[0]
-
-        def log() -> Any:
-            return eventlib.log(ORDER, DATA)
-
-        def delay() -> Any:
-            return bare.delay(BARE_DATA)
-
-        def apply_async() -> Any:
-            return process_task.apply_async(
-                args=(ORDER, payload), task_id=str(uuid.uuid4()), queue=queue
-            )
-
-        self.calls: dict[str, Callable[[], Any]] = {
-            "log": log,
-            "delay": delay,
-            "apply_async": apply_async,
-        }
-
-    def close(self) -> None:
-        delete_queues(self.broker, self.queues)
-        eventlib.configure(broker_url=None)  # closes the app and its connections
-
-
-def _time_block(call: Callable[[], Any], count: int) -> list[int]:
-    perf = time.perf_counter_ns
-    samples = []
-    append = samples.append
-    for _ in range(count):
-        start = perf()
-        call()
-        append(perf() - start)
-    return samples
-
-
-def run(broker: Broker, rounds: int, block: int, warmup: int, profile_calls: int) -> LogResult:
-    setup = Setup(broker)
-    try:
-        for name in VARIANTS:
-            _time_block(setup.calls[name], warmup)
-        samples: dict[str, list[int]] = {name: [] for name in VARIANTS}
-        round_ratios = []
-        for number in range(rounds):
-            this_round: dict[str, list[int]] = {}
-            for name in rotated(VARIANTS, number):
-                gc.collect()
-                this_round[name] = _time_block(setup.calls[name], block)
-                samples[name].extend(this_round[name])
-            round_ratios.append(median(this_round["log"]) / median(this_round["delay"]))
-        result = LogResult(
-            broker,
-            rounds,
-            block,
-            {name: Summary.of(values) for name, values in samples.items()},
-            round_ratios,
+    def round_ratios(self, variant: str, baseline: str) -> list[float]:
+        pairs = zip(
+            self.figures[variant].round_medians, self.figures[baseline].round_medians, strict=False
         )
+        return [mine / theirs for mine, theirs in pairs]
+
+
+def run(
+    broker: Broker,
+    sink: Sink,
+    rounds: int,
+    block: int,
+    warmup: int,
+    profile_calls: int,
+    workdir: Path,
+) -> LatencyResult:
+    """Interleave blocks of every variant on ``broker``; profile
+    ``profile_calls`` calls of each of :data:`PROFILED` when not zero."""
+    queues = {variant: unique_queue(variant.replace(":", "-")) for variant in VARIANTS}
+    callers: dict[str, CallerProcess] = {}
+    result = LatencyResult(broker, rounds, block, {}, profile_calls)
+    try:
+        sink_before = sink.counts()["events"]
+        for variant in VARIANTS:
+            callers[variant] = caller = CallerProcess(
+                variant, broker.url, queues[variant], workdir, sink=sink.url
+            )
+            result.figures[variant] = Figures(unavailable=caller.unavailable)
+        live = [v for v in VARIANTS if callers[v].unavailable is None]
+        for variant in live:
+            callers[variant].ask(f"time {warmup}")
+        for number in range(rounds):
+            for variant in rotated(live, number):
+                answer = callers[variant].ask(f"time {block}")
+                figures = result.figures[variant]
+                figures.samples_ns += answer["samples"]
+                figures.round_medians.append(median(answer["samples"]) / 1000)
+                figures.settle_ns.append(answer["settle_ns"])
         if profile_calls:
-            result.profile_calls = profile_calls
-            for name in ("delay", "log"):
-                areas, top = _profile(setup.calls[name], profile_calls)
-                result.profile[name] = areas
-                if name == "log":
-                    result.profile_top = top
+            for variant in PROFILED:
+                if variant in live:
+                    answer = callers[variant].ask(f"profile {profile_calls}")
+                    result.figures[variant].profile = answer["areas"]
+                    result.figures[variant].profile_top = [tuple(t) for t in answer["top"]]
+        for variant in live:
+            done = callers.pop(variant).finish()
+            figures = result.figures[variant]
+            figures.calls, figures.errors = done["calls"], done["errors"]
+            if variant == "track":
+                figures.delivered = sink.counts()["events"] - sink_before
+            else:
+                figures.delivered = queue_size(broker, queues[variant])
         return result
     finally:
-        setup.close()
+        for caller in callers.values():
+            caller.kill()
+        delete_queues(broker, list(queues.values()))
 
 
-# ------------------------------------------------------------ profiling ---
-
-AREAS = (
-    ("eventlib", "/eventlib/"),
-    ("celery", "/celery/"),
-    ("kombu", "/kombu/"),
-    ("redis-py", "/redis/"),
-    ("py-amqp", "/amqp/"),
-    ("SQLAlchemy", "/sqlalchemy/"),
-    ("json", "/json/"),
-    ("uuid", "/uuid.py"),
-)
+# ------------------------------------------------------ the first call ---
 
 
-def _area(filename: str, function: str) -> str:
-    if filename == "~":
-        if "socket" in function or "sendall" in function or "recv" in function:
-            return "socket I/O"
-        if "sqlite3" in function:
-            return "SQLite"
-        return "other built-ins"
-    for area, marker in AREAS:
-        if marker in filename:
-            return area
-    return "other stdlib"
+@dataclass
+class FirstCall:
+    """The first call of fresh processes, one variant."""
+
+    unavailable: str | None = None
+    #: The first call of each process, in the caller, ns.
+    first_ns: list[int] = field(default_factory=list)
+    #: Seconds from starting each process to its first answer.
+    startup_s: list[float] = field(default_factory=list)
+
+    @property
+    def median_ms(self) -> float:
+        return median(self.first_ns) / 1e6 if self.first_ns else float("nan")
 
 
-def _profile(
-    call: Callable[[], Any], count: int
-) -> tuple[dict[str, float], list[tuple[str, float, float]]]:
-    """Own time per call by area, and the eventlib functions with the most
-    cumulative time per call (µs, under cProfile, so inflated)."""
-    profiler = cProfile.Profile()
-    gc.collect()
-    profiler.enable()
-    for _ in range(count):
-        call()
-    profiler.disable()
-    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
-    areas: dict[str, float] = {}
-    top = []
-    for (filename, _line, function), (_cc, _nc, own, cumulative, _callers) in stats.items():
-        area = _area(filename, function)
-        areas[area] = areas.get(area, 0.0) + own * 1e6 / count
-        if area == "eventlib":
-            module = filename.rpartition("/eventlib/")[2].removesuffix(".py").replace("/", ".")
-            top.append((f"{module}.{function}", own * 1e6 / count, cumulative * 1e6 / count))
-    top.sort(key=lambda item: item[2], reverse=True)
-    return areas, top[:8]
+def first_calls(broker: Broker, sink: Sink, processes: int, workdir: Path) -> dict[str, FirstCall]:
+    """Start ``processes`` fresh caller processes per variant of
+    :data:`FIRST_CALLS` (their order rotating), each timing its first call
+    after ``configure()``, then publishing it and exiting."""
+    queue = unique_queue("first-call")
+    found = {variant: FirstCall() for variant in FIRST_CALLS}
+    try:
+        for number in range(processes):
+            for variant in rotated(FIRST_CALLS, number):
+                if found[variant].unavailable is not None:
+                    continue
+                caller = CallerProcess(variant, broker.url, queue, workdir, sink=sink.url)
+                try:
+                    if caller.unavailable is not None:
+                        found[variant].unavailable = caller.unavailable
+                        continue
+                    caller.finish()
+                finally:
+                    caller.kill()
+                found[variant].first_ns.append(caller.first_call_ns)
+                found[variant].startup_s.append(caller.startup_s)
+    except BenchError as error:
+        for figures in found.values():
+            if not figures.first_ns and figures.unavailable is None:
+                figures.unavailable = f"failed: {error}"
+    finally:
+        delete_queues(broker, [queue])
+    return found
 
 
 # --------------------------------------------------- eventlib's own work ---

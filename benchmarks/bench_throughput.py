@@ -1,27 +1,37 @@
-"""Benchmark 2: events per second processed by one worker, end to end.
+"""Benchmark 2: events per second processed by one worker, end to end, and
+the worker's memory over many events.
 
-For each side, a queue is filled with N messages first, then one worker is
-started on it (``--concurrency=2``, prefork, same options for both):
+For each side, a queue is filled first by a caller process
+(:mod:`benchmarks.caller`), then one worker is started on it
+(``--concurrency=1``, prefork, the same options for every side):
 
-- eventlib: ``eventlib worker`` processing ``Order`` events logged with
-  ``eventlib.log()``; its one handler counts the event;
-- bare: ``celery -A benchmarks.benchapp.bare worker`` (eventlib's Celery app
-  and configuration) processing a task sent with ``delay()`` whose body
-  counts the message the same way.
+- ``background``: events logged with ``log()`` in background dispatch,
+  which batches under load (the queue holds fewer messages than events),
+  processed by ``eventlib worker``;
+- ``direct``: events logged with ``log()`` in direct dispatch, one message
+  per event, processed by ``eventlib worker``;
+- ``bare``: a no-op task sent with ``delay()``, processed by
+  ``celery -A benchmarks.benchapp.bare worker`` (eventlib's Celery app and
+  configuration).
 
-The workers time themselves: the counter records when the first and the
-N-th message finished, and the rate is (N - 1) / (last - first).  Worker
-start-up and publishing are not in it, and the publisher is idle while the
-worker runs (the machine may have few CPUs).  The sides alternate in rounds
-whose order alternates too (eventlib, bare, bare, eventlib, ...); the ratio is
-the median of the rounds' ratios.
+Every event's handler, and the bare task's body, does the same one thing:
+count itself (:mod:`benchmarks.benchapp.counter`).  The workers time
+themselves: the counter records when the first and the N-th event finished,
+and the rate is (N - 1) / (last - first).  Worker start-up and publishing
+are not in it, and the publisher is idle while the worker runs (the machine
+may have few CPUs).  The sides rotate in rounds; ratios are the medians of
+the rounds' own ratios.
+
+:func:`memory` runs one worker through many events logged while it runs and
+reads its resident memory (RSS) at the start and at the end.
 """
 
 from __future__ import annotations
 
 import pickle
+import time
 import timeit
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +48,7 @@ from eventlib.tasks import TASK_NAME
 
 from .benchapp.counter import count_nothing
 from .benchapp.tasks import register_bare
+from .caller import CallerProcess
 from .common import (
     APP,
     BARE_DATA,
@@ -50,127 +61,154 @@ from .common import (
     Worker,
     delete_queues,
     median,
+    queue_size,
     rotated,
     unique_queue,
     wait_for,
     worker_env,
 )
 
-SIDES = ("eventlib", "bare")
+#: Each side: the caller variant that fills its queue.
+SIDES = {"background": "log:background", "direct": "log:direct", "bare": "delay"}
+
+
+@dataclass
+class Side:
+    """One side's rounds."""
+
+    events: int
+    unavailable: str | None = None
+    #: Events per second of each round.
+    rates: list[float] = field(default_factory=list)
+    #: CPU µs per event of the worker and its pool, each round.
+    cpu: list[float] = field(default_factory=list)
+    #: Broker messages in the queue once filled, each round.
+    messages: list[int] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return median(self.rates) if self.rates else float("nan")
+
+    @property
+    def cpu_per_event(self) -> float:
+        return median(self.cpu) if self.cpu else float("nan")
+
+    @property
+    def events_per_message(self) -> float:
+        return self.events / median(self.messages) if self.messages else float("nan")
 
 
 @dataclass
 class ThroughputResult:
     broker: Broker
-    messages: int
     counter: str
-    #: Messages per second of each round, per side.
-    rates: dict[str, list[float]]
-    #: CPU µs per message of the worker and its pool, each round, per side.
-    cpu: dict[str, list[float]]
+    sides: dict[str, Side]
     error: str | None = None
 
-    def rate(self, side: str) -> float:
-        return median(self.rates[side]) if self.rates[side] else float("nan")
+    def round_ratios(self, side: str, baseline: str = "bare") -> list[float]:
+        """``side``'s rate over ``baseline``'s in the same round."""
+        pairs = zip(self.sides[side].rates, self.sides[baseline].rates, strict=False)
+        return [mine / theirs for mine, theirs in pairs]
 
-    def cpu_per_message(self, side: str) -> float:
-        return median(self.cpu[side]) if self.cpu[side] else float("nan")
+    def ratio(self, side: str, baseline: str = "bare") -> float:
+        """The median of the rounds' ratios (a round's runs are close in
+        time, so drift between rounds cancels out)."""
+        ratios = self.round_ratios(side, baseline)
+        return median(ratios) if ratios else float("nan")
 
-    @property
-    def complete(self) -> bool:
-        return bool(self.rates["eventlib"] and self.rates["bare"])
-
-    @property
-    def round_ratios(self) -> list[float]:
-        """eventlib's rate over the bare rate of the same round."""
-        return [e / b for e, b in zip(self.rates["eventlib"], self.rates["bare"], strict=False)]
-
-    @property
-    def ratio(self) -> float:
-        """The median of the rounds' ratios (a round's two runs are next to
-        each other in time, so drift between rounds cancels out)."""
-        return median(self.round_ratios) if self.round_ratios else float("nan")
-
-    @property
-    def cpu_ratio(self) -> float:
-        """The bare worker's CPU per message over eventlib's (median of the
-        rounds): comparable with ``ratio``, less sensitive to other load."""
-        pairs = zip(self.cpu["bare"], self.cpu["eventlib"], strict=False)
-        ratios = [b / e for b, e in pairs]
+    def cpu_ratio(self, side: str, baseline: str = "bare") -> float:
+        """``baseline``'s CPU per event over ``side``'s (median of the
+        rounds): read like ``ratio``, less sensitive to other load."""
+        pairs = zip(self.sides[baseline].cpu, self.sides[side].cpu, strict=False)
+        ratios = [theirs / mine for theirs, mine in pairs]
         return median(ratios) if ratios else float("nan")
 
 
 def run(
     broker: Broker,
     counter: Counter,
-    messages: int,
+    events: dict[str, int],
     rounds: int,
     workdir: Path,
     deadline: float,
 ) -> ThroughputResult:
-    result = ThroughputResult(
-        broker, messages, counter.kind, {side: [] for side in SIDES}, {side: [] for side in SIDES}
-    )
+    """``events[side]`` events per round and side."""
+    result = ThroughputResult(broker, counter.kind, {side: Side(events[side]) for side in SIDES})
     try:
         for number in range(rounds):
-            for side in rotated(SIDES, number):
+            for side in rotated(list(SIDES), number):
+                figures = result.sides[side]
+                if figures.unavailable is not None:
+                    continue
                 print(f"    round {number + 1}/{rounds}, {side}: ", end="", flush=True)
-                rate, cpu = _round(
-                    broker, counter, side, messages, workdir, f"{side}-{number}", deadline
-                )
-                result.rates[side].append(rate)
-                shown = ""
+                measured = _round(broker, counter, side, figures.events, workdir, number, deadline)
+                if isinstance(measured, str):
+                    figures.unavailable = measured
+                    print(f"not available: {measured}", flush=True)
+                    continue
+                rate, cpu, messages = measured
+                figures.rates.append(rate)
+                figures.messages.append(messages)
+                shown = f"{figures.events / messages:,.1f} events per message"
                 if cpu is not None:
-                    result.cpu[side].append(cpu)
-                    shown = f", {cpu:,.0f} CPU µs per message"
-                print(f"{rate:,.0f} messages/s{shown}", flush=True)
+                    figures.cpu.append(cpu)
+                    shown += f", {cpu:,.0f} CPU µs per event"
+                print(f"{rate:,.0f} events/s, {shown}", flush=True)
     except BenchError as error:
         print(f"failed: {error}", flush=True)
         result.error = str(error).splitlines()[0]
     return result
 
 
+def _worker_argv(side: str, queue: str) -> list[str]:
+    if side == "bare":
+        argv = ["-m", "celery", "-A", f"{APP}.bare", "worker", f"--queues={queue}"]
+    else:
+        argv = ["-m", "eventlib", "worker"]
+    return [*argv, *WORKER_OPTIONS, f"--hostname={queue}@%h"]
+
+
 def _round(
     broker: Broker,
     counter: Counter,
     side: str,
-    messages: int,
+    events: int,
     workdir: Path,
-    name: str,
+    number: int,
     deadline: float,
-) -> tuple[float, float | None]:
-    """Fill a new queue, drain it with a new worker, delete it; returns the
-    worker's rate and CPU µs per message.  A queue per round: a message redelivered after a worker's
-    shutdown cannot reach the next round."""
-    queue = unique_queue(name)
-    eventlib.configure(broker_url=broker.url, queue=queue, apps=[APP])
+) -> tuple[float, float | None, int] | str:
+    """Fill a new queue with ``events`` events, drain it with a new worker,
+    delete it; returns the worker's rate, CPU µs per event and the number of
+    broker messages, or why the side is not available.  A queue per round:
+    a message redelivered after a worker's shutdown cannot reach the next
+    round."""
+    queue = unique_queue(f"{side}-{number}")
     try:
         where = counter.reset()
-        if side == "eventlib":
-            for _ in range(messages):
-                eventlib.log(ORDER, DATA)
-            argv = ["-m", "eventlib", "worker", *WORKER_OPTIONS]
-        else:
-            bare = register_bare(celery_app(), queue=queue)
-            for _ in range(messages):
-                bare.delay(BARE_DATA)
-            argv = ["-m", "celery", "-A", f"{APP}.bare", "worker", f"--queues={queue}"]
-            argv += WORKER_OPTIONS
-        argv.append(f"--hostname={queue}@%h")
-        env = worker_env(broker, queue, where, messages)
-        worker = Worker(argv, env, workdir / f"worker-{broker.kind}-{name}.log")
-        return _drain(worker, counter, messages, deadline)
+        caller = CallerProcess(SIDES[side], broker.url, queue, workdir)
+        if caller.unavailable is not None:
+            return caller.unavailable
+        try:
+            caller.ask(f"run {events - 1}")  # its first call was one
+            caller.finish()
+        finally:
+            caller.kill()
+        messages = queue_size(broker, queue)
+        env = worker_env(broker, queue, where, events)
+        log = workdir / f"worker-{broker.kind}-{side}-{number}.log"
+        worker = Worker(_worker_argv(side, queue), env, log)
+        rate, cpu = _drain(worker, counter, events, deadline)
+        return rate, cpu, messages
     finally:
-        eventlib.configure(broker_url=None)  # closes the app and its connections
         delete_queues(broker, [queue])
 
 
 def _drain(
-    worker: Worker, counter: Counter, messages: int, deadline: float
+    worker: Worker, counter: Counter, events: int, deadline: float
 ) -> tuple[float, float | None]:
     """Wait (until ``deadline`` seconds) for the worker to process every
-    message; returns its rate in messages per second and the CPU time its
-    processes used per message (from the first message processed on, so
+    event; returns its rate in events per second and the CPU time its
+    processes used per event (from the first event processed on, so
     without start-up)."""
     try:
 
@@ -181,10 +219,10 @@ def _drain(
 
         def done() -> tuple[float, float] | None:
             worker.check_alive()
-            return counter.span() if counter.count() >= messages else None
+            return counter.span() if counter.count() >= events else None
 
-        count, cpu_start = wait_for(started, deadline, "a first message", interval=0.002)
-        first, last = wait_for(done, deadline, f"{messages} messages to be processed")
+        count, cpu_start = wait_for(started, deadline, "a first event", interval=0.002)
+        first, last = wait_for(done, deadline, f"{events} events to be processed")
         cpu_end = worker.cpu_seconds()
     except BenchError as error:
         worker.stop()
@@ -192,9 +230,91 @@ def _drain(
     finally:
         worker.stop()
     cpu = None
-    if cpu_start is not None and cpu_end is not None and count < messages:
-        cpu = (cpu_end - cpu_start) * 1e6 / (messages - count)
-    return (messages - 1) / (last - first), cpu
+    if cpu_start is not None and cpu_end is not None and count < events:
+        cpu = (cpu_end - cpu_start) * 1e6 / (events - count)
+    return (events - 1) / (last - first), cpu
+
+
+# ------------------------------------------------------------- memory ---
+
+
+@dataclass
+class MemoryResult:
+    broker: Broker
+    events: int
+    #: The dispatch mode the events were logged in.
+    mode: str
+    #: Why background dispatch was not used, when it was not.
+    fallback: str | None = None
+    #: Resident memory (bytes) of the worker's main process and of its pool
+    #: process, after its first event, at most during the run, at the end.
+    start: dict[str, int] = field(default_factory=dict)
+    peak: dict[str, int] = field(default_factory=dict)
+    end: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def change(self) -> float:
+        """The whole worker's RSS at the end over that at the start, minus 1."""
+        if not (self.start and self.end):
+            return float("nan")
+        return sum(self.end.values()) / sum(self.start.values()) - 1
+
+
+def memory(
+    broker: Broker, counter: Counter, events: int, workdir: Path, deadline: float
+) -> MemoryResult:
+    """Start one worker, log one event and wait for it (the worker is then
+    up, its modules imported); read its RSS; log ``events`` more while it
+    runs, reading its RSS every half second; read it again after the last
+    one.  Events are logged in background dispatch, or direct when the
+    installed eventlib has no background dispatch."""
+    queue = unique_queue("memory")
+    result = MemoryResult(broker, events, "background")
+    where = counter.reset()
+    worker = Worker(
+        _worker_argv("background", queue),
+        worker_env(broker, queue, where, events + 1),
+        workdir / f"worker-{broker.kind}-memory.log",
+    )
+    caller = None
+    try:
+        caller = CallerProcess(SIDES["background"], broker.url, queue, workdir)
+        if caller.unavailable is not None:
+            result.mode, result.fallback = "direct", caller.unavailable
+            caller = CallerProcess(SIDES["direct"], broker.url, queue, workdir)
+
+        def processed(count: int) -> bool:
+            worker.check_alive()
+            return counter.count() >= count
+
+        wait_for(lambda: processed(1), deadline, "the worker's first event")
+        result.start = result.peak = worker.rss()
+        started = time.monotonic()
+        caller.send(f"run {events}")
+        while not processed(events + 1):
+            if caller.process.poll() is not None:
+                caller.receive()  # raises BenchError with the caller's error
+            if time.monotonic() - started > deadline:
+                raise BenchError(f"timed out after {deadline:.0f}s waiting for {events} events")
+            now = worker.rss()
+            if sum(now.values()) > sum(result.peak.values()):
+                result.peak = now
+            time.sleep(0.5)
+        result.seconds = time.monotonic() - started
+        result.end = worker.rss()
+        caller.receive()
+        caller.finish()
+    except BenchError as error:
+        print(f"failed: {error}", flush=True)
+        result.error = str(error).splitlines()[0]
+    finally:
+        if caller is not None:
+            caller.kill()
+        worker.stop()
+        delete_queues(broker, [queue])
+    return result
 
 
 # ------------------------------------------------ per message, in-process ---

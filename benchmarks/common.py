@@ -50,6 +50,30 @@ class BenchError(Exception):
     """A benchmark could not complete (a worker died, a deadline passed)."""
 
 
+class Unavailable(Exception):
+    """The installed libraries cannot run a variant: a dispatch mode the
+    installed eventlib refuses, a package that is not installed."""
+
+
+def configure_dispatch(mode: str, **settings: Any) -> None:
+    """``eventlib.configure(dispatch=mode, **settings)``.
+
+    An eventlib without dispatch modes (it has no ``eventlib.flush()``)
+    always publishes in the caller, which is ``direct``: for ``direct`` it is
+    configured without the setting.  Raises :class:`Unavailable` when the
+    installed eventlib refuses ``mode``.
+    """
+    import eventlib
+
+    try:
+        eventlib.configure(dispatch=mode, **settings)
+    except eventlib.ConfigurationError as error:
+        if mode != "direct" or hasattr(eventlib, "flush"):
+            why = str(error).partition(";")[0]  # not the list of every setting
+            raise Unavailable(f"the installed eventlib refuses dispatch={mode!r} ({why})") from None
+        eventlib.configure(**settings)
+
+
 # ------------------------------------------------------------- brokers ---
 
 
@@ -176,6 +200,19 @@ def delete_queues(broker: Broker, queues: Sequence[str]) -> None:
                 bound = queue(connection.default_channel)
                 bound.declare()
                 bound.delete()
+
+
+def queue_size(broker: Broker, name: str) -> int:
+    """How many messages the queue ``name`` holds (0 when it does not exist)."""
+    with Connection(broker.url, connect_timeout=5) as connection:
+        channel = connection.channel()
+        try:
+            return int(channel.queue_declare(queue=name, passive=True).message_count)
+        except Exception:  # no such queue (a virtual transport: no message left)
+            return 0
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
 
 
 # ---------------------------------------------------------- statistics ---
@@ -309,10 +346,10 @@ class Counter:
 
 # ------------------------------------------------------------- workers ---
 
-#: Options of both workers: one worker, two prefork pool processes, no
+#: Options of every worker: one worker, one prefork pool process, no
 #: per-task logging (``--loglevel=WARNING``), no cluster chatter.
 WORKER_OPTIONS = (
-    "--concurrency=2",
+    "--concurrency=1",
     "--pool=prefork",
     "--loglevel=WARNING",
     "--without-mingle",
@@ -336,14 +373,15 @@ class Worker:
             start_new_session=True,
         )
 
-    def cpu_seconds(self) -> float | None:
-        """CPU time (user + system) used so far by the worker and its pool
-        processes, from /proc; None where there is no /proc."""
-        group, total = self.process.pid, 0
+    def _group(self) -> dict[int, list[str]]:
+        """The fields of ``/proc/<pid>/stat`` after the command name, for each
+        process of the worker's group (its main process and its pool), by
+        pid; empty where there is no /proc."""
         try:
             entries = os.listdir("/proc")
         except OSError:
-            return None
+            return {}
+        found = {}
         for entry in entries:
             if not entry.isdigit():
                 continue
@@ -352,9 +390,34 @@ class Worker:
                     fields = stat.read().rpartition(")")[2].split()
             except OSError:  # gone meanwhile
                 continue
-            if int(fields[2]) == group:  # pgrp
-                total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / os.sysconf("SC_CLK_TCK")
+            if int(fields[2]) == self.process.pid:  # pgrp
+                found[int(entry)] = fields
+        return found
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) used so far by the worker and its pool
+        processes, from /proc; None where there is no /proc."""
+        group = self._group()
+        if not group:
+            return None
+        ticks = sum(int(fields[11]) + int(fields[12]) for fields in group.values())  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def rss(self) -> dict[str, int]:
+        """Resident memory in bytes of the worker's main process (``main``)
+        and of its pool processes (``pool``, together), from /proc."""
+        found = {"main": 0, "pool": 0}
+        for pid in self._group():
+            try:
+                with open(f"/proc/{pid}/status") as status:
+                    lines = status.read().splitlines()
+            except OSError:  # gone meanwhile
+                continue
+            for line in lines:
+                if line.startswith("VmRSS:"):
+                    kib = int(line.split()[1])
+                    found["main" if pid == self.process.pid else "pool"] += kib * 1024
+        return found
 
     @property
     def log_tail(self) -> str:

@@ -1,8 +1,11 @@
 """The embedded broker's two candidates under concurrent load: kombu's
 filesystem transport against eventlib's SQLite transport (``eventlib+sqlite``).
 
-    .venv/bin/python -m benchmarks.embedded_transports             # what ``make bench`` runs
-    .venv/bin/python -m benchmarks.embedded_transports --no-write  # print only
+    .venv/bin/python docs/design/embedded_transports.py    # about 3 minutes
+
+It settled a one-time choice (docs/design/embedded-broker.md has the
+findings) and is kept to check it again, for instance after a kombu upgrade;
+``make bench`` does not run it.  It prints its tables in Markdown.
 
 Several producer processes publish numbered messages of a few KiB (each with
 the SHA-256 of its padding) while several consumer processes take them, all
@@ -18,12 +21,7 @@ transports alternate, each in a new temporary directory.
 
 Then a real Celery worker is started on the filesystem transport with an empty
 message file in its queue, to show what a consumer that reads a half-written
-file does to a worker.
-
-The figures replace the section between the markers ``BEGIN`` and ``END`` in
-``docs/benchmarks.md`` (appended when absent: ``python -m benchmarks.run``
-rewrites the page, and ``make bench`` runs this script after it).  Nothing
-here asserts a figure.
+file does to a worker.  Nothing here asserts a figure.
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,13 +53,8 @@ from eventlib import conf
 from eventlib.embedded import url_for
 from eventlib.sending import transport_options
 
-from .common import ROOT
-from .report import write_section
-
 QUEUE = "bench_embedded"
-BEGIN = "<!-- benchmarks.embedded_transports: begin -->"
-END = "<!-- benchmarks.embedded_transports: end -->"
-COMMAND = ".venv/bin/python -m benchmarks.embedded_transports"
+COMMAND = ".venv/bin/python docs/design/embedded_transports.py"
 TRANSPORTS = ("filesystem", "sqlite")
 LABELS = {
     "filesystem": "kombu `filesystem://`",
@@ -443,67 +435,15 @@ def render(
 ) -> str:
     total = args.producers * args.messages
     paces = sorted({run.pace for run in runs})
-    out = [
-        BEGIN,
-        "",
-        "## The embedded broker: kombu's filesystem transport against SQLite",
-        "",
-        "Issue 3 asked for an embedded broker that needs no server: kombu's",
-        "SQLAlchemy transport on SQLite or its filesystem transport, whichever is",
-        "sturdier.  This section is written by its own script, which `make bench`",
-        "runs after the benchmarks above (`benchmarks.run` rewrites the page, this",
-        "script then replaces or appends its section):",
-        "",
-        "```sh",
-        command,
-        "```",
-        "",
-        f"It took {seconds:.0f} seconds.",
-        "",
-    ]
+    out = ["```sh", command, "```", "", f"It took {seconds:.0f} seconds.", ""]
     out += ["|  |  |", "| --- | --- |"]
     out += [f"| {key} | {value} |" for key, value in facts.items()]
     out += [
         "",
-        f"Each run starts {args.producers} producer processes publishing {args.messages:,}",
-        f"messages each ({total:,} in all) and {args.consumers} consumer processes taking",
-        "them, all at once, through kombu alone (`Connection.SimpleQueue`, no Celery).",
-        f"Each message carries its producer, its number and {args.size:,} bytes of random",
-        "hex with their SHA-256.  When the producers are done, the consumers drain",
-        f"the queue until it has stayed empty for {args.grace:g} s.  Two scenarios:",
-        "",
-    ]
-    for pace in paces:
-        if pace:
-            out += [
-                f"- **{_pace(pace)}** ({pace * args.producers:g} messages/s together): the",
-                "  consumers keep up and wait for each new message, as workers wait for",
-                "  the events of web processes;",
-            ]
-        else:
-            out += [
-                "- **flat out**: each producer publishes as fast as it can; when the",
-                "  consumers fall behind they work through a backlog;",
-            ]
-    out += [
-        "",
-        f"{args.runs} run{'s' if args.runs != 1 else ''} of each, the two transports",
-        "alternating, each run in a new temporary directory:",
-        "",
-        "- kombu `filesystem://`: `data_folder_in` and `data_folder_out` the same",
-        "  folder, `polling_interval` 0.05 s (kombu's default is 1 s);",
-        "- eventlib `eventlib+sqlite:///<temporary file>`: eventlib's transport",
-        "  (kombu's SQLAlchemy transport, polling every 50 ms) with the transport",
-        "  options eventlib's Celery app passes (SQLite's busy timeout, 2 s).",
-        "",
-        "Counted: *lost*, a message whose publish returned but that no consumer",
-        "got; *twice*, a message delivered more than once; *unreadable*, an",
-        "exception decoding a message in a consumer; *corrupt*, a message decoded",
-        "but whose checksum does not match; *producer errors*, exceptions raised",
-        "by a publish; *consumer errors*, other exceptions raised by a consumer's",
-        "`get()`; *left*, messages still in the queue at the end.  The rates are",
-        "messages per second from the start: published (until the last producer",
-        "finished) and delivered (until the last delivery).",
+        f"{args.producers} producers x {args.messages:,} messages ({total:,} a run),"
+        f" {args.consumers} consumers, {args.size:,} bytes of padding, a grace of"
+        f" {args.grace:g} s; scenarios: {', '.join(_pace(pace) for pace in paces)};"
+        f" {args.runs} run{'s' if args.runs != 1 else ''} of each.",
         "",
     ]
     header = [
@@ -581,36 +521,23 @@ def render(
         out.append("")
     if check is not None:
         out += _check_section(check)
-    out += _verdict(runs, check)
-    out += ["", END]
-    return "\n".join(out) + "\n"
+    return "\n".join(out).rstrip() + "\n"
 
 
 def _check_section(check: WorkerCheck) -> list[str]:
     out = [
-        "What an unreadable message does to a Celery worker: a worker",
-        f"(`celery -A <app> worker {' '.join(WORKER_OPTIONS)}`) is started on the",
-        "filesystem transport with two files in its queue folder, an empty message",
-        "file first (what a consumer reads in the race explained below) and then a",
-        "valid task message.",
+        f"A Celery worker (`celery -A <app> worker {' '.join(WORKER_OPTIONS)}`) on the",
+        "filesystem transport, an empty message file then a valid task message in",
+        "its queue folder:",
+        "",
     ]
     if check.stopped:
-        out += [
-            f"It exited with code {check.exit_code} after {check.seconds:.1f} s, logging",
-            "",
-            "```text",
-            check.line,
-            "```",
-            "",
-            f"and left {check.left} message(s) in the queue folder: the valid task",
-            "was never run.",
-        ]
+        out += [f"- it exited with code {check.exit_code} after {check.seconds:.1f} s, logging"]
     else:
-        out += [
-            f"It was still running after {check.seconds:.0f} s (stopped then), with",
-            f"{check.left} message(s) left in the queue folder; its log: `{check.line}`.",
-        ]
-    return [*out, ""]
+        out += [f"- it was still running after {check.seconds:.0f} s (stopped then), logging"]
+    out += ["", "  ```text", f"  {check.line}", "  ```", ""]
+    out += [f"- {check.left} message(s) were left in the queue folder.", ""]
+    return out
 
 
 def _total(runs: list[Run], transport: str, pace: float | None, attribute: str) -> int:
@@ -658,113 +585,6 @@ def _totals(runs: list[Run]) -> list[str]:
             ]
             lines.append("| " + " | ".join(row) + " |")
     return [*lines, ""]
-
-
-def _verdict(runs: list[Run], check: WorkerCheck | None) -> list[str]:
-    fs, sq = "filesystem", "sqlite"
-    faults = {t: _total(runs, t, None, "faults") for t in (fs, sq)}
-    silent = {t: _total(runs, t, None, "silent_faults") for t in (fs, sq)}
-    lost = {t: _total(runs, t, None, "lost") for t in (fs, sq)}
-    lines = ["**Verdict.**"]
-    if lost[fs] and not silent[sq]:
-        text = "The SQLite transport is the sturdier: it lost, duplicated or garbled no message"
-        published = sum(run.published for run in runs if run.transport == fs)
-        own = [run for run in runs if run.transport == sq]
-        publishes = sum(sum(run.producer_errors.values()) for run in own)
-        gets = sum(sum(run.consumer_errors.values()) for run in own)
-        if publishes or gets:
-            kinds = sorted(
-                {
-                    kind.partition(":")[0]
-                    for run in own
-                    for kind in (*run.producer_errors, *run.consumer_errors)
-                }
-            )
-            counts = []
-            if publishes:
-                counts.append(f"{publishes:,} publish{'es' if publishes != 1 else ''}")
-            if gets:
-                counts.append(f"{gets:,} consumer `get()` call{'s' if gets != 1 else ''}")
-            seconds = sorted(t for run in own for t in (*run.failed_after, *run.get_failed_after))
-            busy = conf.Settings().broker_timeout
-            took = (
-                f"{seconds[0]:.2f}" if len(seconds) == 1 else f"{seconds[0]:.2f}-{seconds[-1]:.2f}"
-            )
-            text += (
-                ".  Its only failures were loud: "
-                + " and ".join(counts)
-                + f" raised ({', '.join(f'`{kind}`' for kind in kinds)}, see above) after"
-                f" {took} s"
-                + (
-                    f", having waited out SQLite's busy timeout ({busy:g} s, eventlib's"
-                    " `broker_timeout`)"
-                    if seconds[0] >= busy
-                    else ""
-                )
-                + ".  A publish that raises tells its producer, and eventlib's"
-                " `log()` keeps such an event in its spool and publishes it again later"
-                " (docs/reliability.md); kombu declares SQLAlchemy's `OperationalError` a"
-                " connection error of this transport, which a Celery worker's consumer handles"
-                " by reconnecting.  "
-            )
-        else:
-            text += " and raised nothing.  "
-        rate = {t: _median_rate(runs, t, 0) for t in (fs, sq)}
-        if rate[fs] > rate[sq]:
-            text += (
-                f"The filesystem transport is faster flat out ({_rate(rate[fs])} against"
-                f" {_rate(rate[sq])} messages/s delivered), but it lost {lost[fs]:,} of"
-                f" {published:,} messages without telling their producers"
-            )
-        else:
-            text += (
-                f"The filesystem transport lost {lost[fs]:,} of {published:,} messages without"
-                " telling their producers"
-            )
-        text += (
-            ", and not by chance: kombu's filesystem transport creates a message file"
-            " (`open(..., 'wb')`) and only then serializes and writes the message, while a"
-            " consumer lists the folder, moves the oldest file it finds and reads it without"
-            " taking the producer's lock.  A consumer that comes between the two reads the"
-            " file empty or half written: the JSON does not decode, the consumer has already"
-            " deleted the file, and the producer finishes writing a file that no longer has a"
-            " name.  The race needs a consumer that reaches a file as it is created: with a"
-            " backlog consumers take older files first (names start with a millisecond"
-            " clock), so it is likeliest when the consumers keep up with the producers, the"
-            " normal state of a worker."
-        )
-        if check is not None and check.stopped:
-            text += (
-                "  In a Celery worker the decoding error is fatal (above): one lost message"
-                " also stops the worker, and the events behind it wait until someone starts it"
-                " again."
-            )
-        text += (
-            "  SQLite commits a message whole or not at all, and kombu takes it in a"
-            " `BEGIN IMMEDIATE` transaction, so no two consumers get the same row.  eventlib's"
-            " embedded broker uses the SQLite transport."
-        )
-        lines += textwrap.wrap(text, width=76, break_on_hyphens=False, break_long_words=False)
-    elif not faults[fs] and not faults[sq]:
-        lines += [
-            "Neither transport lost, duplicated or garbled a message, so these runs",
-            "do not tell the two apart.  The filesystem transport's race (a producer",
-            "creates the message file before writing it, a consumer reads it without",
-            "the producer's lock) did not show here.",
-        ]
-    elif faults[sq] and not faults[fs]:
-        lines += [
-            "In this measurement the filesystem transport had no fault and the",
-            "SQLite transport had some: the filesystem transport was the sturdier,",
-            "against eventlib's choice.",
-        ]
-    else:
-        lines += [
-            "Both transports had faults (lost, twice, unreadable, corrupt, errors,",
-            f"added up): {faults[fs]:,} for the filesystem transport, {faults[sq]:,}",
-            "for SQLite.  Read the tables above.",
-        ]
-    return lines
 
 
 # ----------------------------------------------------- a Celery worker ---
@@ -855,7 +675,7 @@ def _summary(run: Run) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.embedded_transports",
+        prog="python docs/design/embedded_transports.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -879,14 +699,10 @@ def main(argv: list[str] | None = None) -> None:
         "--transports", default=",".join(TRANSPORTS), help="filesystem,sqlite (the default)"
     )
     parser.add_argument(
-        "--output", type=Path, default=ROOT / "docs" / "benchmarks.md", help="page to update"
-    )
-    parser.add_argument(
         "--no-worker-check",
         action="store_true",
         help="skip starting a Celery worker on an unreadable message file",
     )
-    parser.add_argument("--no-write", action="store_true", help="print the section only")
     args = parser.parse_args(argv)
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
     paces = [float(p) for p in args.paces.split(",") if p.strip()]
@@ -915,12 +731,8 @@ def main(argv: list[str] | None = None) -> None:
         print("a Celery worker on the filesystem transport, given an unreadable file", end="")
         check = worker_check()
         print(f": {'stopped' if check.stopped else 'kept running'}, {check.line}", flush=True)
-    section = render(runs, check, facts, command, args, time.monotonic() - began)
-    if args.no_write:
-        print(section)
-    else:
-        write_section(args.output, BEGIN, END, section)
-        print(f"wrote the section to {args.output}")
+    print()
+    print(render(runs, check, facts, command, args, time.monotonic() - began))
 
 
 if __name__ == "__main__":
