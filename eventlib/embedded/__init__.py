@@ -1,7 +1,7 @@
 """The embedded broker: a kombu transport on an SQLite file.
 
 Used when no broker is configured, so that a first run needs no server.  It
-is kombu's SQLAlchemy transport with three changes for this use:
+is kombu's SQLAlchemy transport with four changes for this use:
 
 - it polls every 50 ms instead of every second, so an idle worker picks up a
   new event at once;
@@ -9,7 +9,11 @@ is kombu's SQLAlchemy transport with three changes for this use:
   stock transport keeps forever (a taken message lives on in the consumer's
   memory until it is acknowledged or requeued as a new row);
 - SQLite's busy timeout is ``broker_timeout``, so ``log()`` waits no longer
-  for a locked database than for any other broker.
+  for a locked database than for any other broker;
+- a channel's SQLAlchemy session is used by one thread at a time: a Celery
+  worker polls in its main thread and gives back the message of a lost pool
+  process in another, which, on the stock transport, can break the shared
+  session, kill the worker and lose the message.
 
 It is registered with kombu as the scheme ``eventlib+sqlite``.  Like any
 SQLite database it serves the processes of one machine; an event that a

@@ -222,6 +222,16 @@ class Slow(eventlib.BaseEvent):
         record(self, "finished")
 
 
+class Held(eventlib.BaseEvent):
+    # Its first run holds the message, unacknowledged, for data["seconds"].
+    @eventlib.handler
+    def hold(self):
+        record(self, "held")
+        if runs(self, "held") == 1:
+            time.sleep(self.data["seconds"])
+        record(self, "released")
+
+
 class Refund(eventlib.BaseEvent):
     # Retry n of a handler waits 1 ** n seconds, times 0.5 to 1.5.
     retries = 2

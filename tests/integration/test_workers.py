@@ -90,9 +90,7 @@ def test_an_event_being_processed_by_a_killed_worker_runs_again(project, broker)
 
 # On every broker, the embedded one included: the worker's main process, not
 # the broker, gives the message back.
-# Not on the embedded broker: there the event once failed to come back
-# within 60 s in CI (docs/deployment.md); under investigation.
-@pytest.mark.parametrize("broker", ["amqp", "redis"], indirect=True)
+@pytest.mark.parametrize("broker", ["amqp", "embedded", "redis"], indirect=True)
 def test_an_event_whose_pool_process_is_killed_runs_again_in_the_same_worker(project, broker):
     """The main process stays alive, so its broker connection stays open and
     nothing times out: the message comes back only because the task has
