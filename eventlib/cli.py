@@ -298,7 +298,21 @@ def worker(celery_args: tuple[str, ...]) -> None:
         app = celery_app()
         check_broker(app)
     argv = ["worker", "--queues", conf.get_settings().queue, *celery_args]
-    app.worker_main(argv)
+    sys.exit(_run_celery(app, argv))
+
+
+def _run_celery(app: Celery, argv: list[str]) -> int:
+    """Run Celery's command line on ``app`` and return its exit status, as
+    ``app.start()`` does but for the status, which it drops: a supervisor
+    that restarts only failed workers must see an unrecoverable error."""
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = app
+    try:
+        status = celery_command.main(args=argv, standalone_mode=False)
+    finally:
+        celery_command.params[0].default = None
+    return status if isinstance(status, int) else 0
 
 
 # --------------------------------------------------------- dead letters ---

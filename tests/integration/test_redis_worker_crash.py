@@ -89,6 +89,8 @@ def test_redis_dying_under_a_worker_holding_an_event_kills_it_and_its_restart_lo
         HOLD_SECONDS + 60,
         f"the crashed worker to exit; its log:\n{crashed.log}",
     )
+    # A supervisor that restarts only what failed sees it fail.
+    assert crashed.process.returncode != 0, "eventlib worker exited 0 after a crash"
     others = [eventlib.log("shop.Purchase", {"sku": f"after-{n}"}) for n in range(20)]
     project.start_worker()  # what a supervisor does
 
