@@ -148,7 +148,6 @@ class Spool:
             )
             try:
                 use_wal(connection, self.timeout)
-                connection.execute("pragma synchronous=normal")
                 connection.execute(_SCHEMA)
                 _add_missing_columns(connection)
             except BaseException:

@@ -153,7 +153,7 @@ def print_table(rows: list[tuple[str, str]]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=300, help="how many events to log")
+    parser.add_argument("--events", type=int, default=1000, help="how many events to log")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for them")
     options = parser.parse_args()
 
@@ -207,7 +207,7 @@ def main() -> int:
         done = completed(database, logged)
         while done < len(logged) and time.monotonic() < deadline:
             progress.show(done)
-            time.sleep(0.2)
+            time.sleep(0.02)
             done = completed(database, logged)
         progress.show(done, last=True)
         elapsed = time.monotonic() - started

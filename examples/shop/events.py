@@ -18,8 +18,18 @@ import eventlib
 VIEWS: Counter[str] = Counter()
 
 
+_connections: dict[int, sqlite3.Connection] = {}
+
+
 def database() -> sqlite3.Connection:
-    return sqlite3.connect(os.environ["SHOP_DATABASE"], timeout=60)
+    """This process's connection to the shop's database (a forked worker
+    process opens its own)."""
+    connection = _connections.get(os.getpid())
+    if connection is None:
+        connection = sqlite3.connect(os.environ["SHOP_DATABASE"], timeout=60)
+        connection.execute("pragma synchronous=normal")  # a demo's file: no wait for the disk
+        _connections[os.getpid()] = connection
+    return connection
 
 
 def create_tables() -> None:
@@ -32,12 +42,8 @@ def create_tables() -> None:
 
 
 def record_run(event: eventlib.BaseEvent, handler: str) -> None:
-    db = database()
-    try:
-        with db:
-            db.execute("insert into runs values (?, ?)", (event.id, handler))
-    finally:
-        db.close()
+    with database() as db:
+        db.execute("insert into runs values (?, ?)", (event.id, handler))
 
 
 class OrderPlaced(eventlib.BaseEvent):
@@ -51,16 +57,12 @@ class OrderPlaced(eventlib.BaseEvent):
     @eventlib.handler
     def save_order(self):
         total = self.data["price"] * self.data["quantity"]
-        db = database()
-        try:
-            with db:
-                # Keyed by the event id: running again after a crash is harmless.
-                db.execute(
-                    "insert or ignore into orders values (?, ?, ?)",
-                    (self.id, self.data["sku"], str(total)),
-                )
-        finally:
-            db.close()
+        with database() as db:
+            # Keyed by the event id: running again after a crash is harmless.
+            db.execute(
+                "insert or ignore into orders values (?, ?, ?)",
+                (self.id, self.data["sku"], str(total)),
+            )
         record_run(self, "save_order")
 
     @eventlib.handler
