@@ -35,6 +35,12 @@ what it holds when the process is killed (``kill -9``) is lost.
 from __future__ import annotations
 
 import atexit
+
+# Imported before anything can be published: it registers an exit hook when
+# first imported, which Python refuses once the interpreter exits, and a
+# transport imported by a first publish at exit imports it (redis-py
+# imports asyncio, which imports it).
+import concurrent.futures.thread  # noqa: F401
 import logging
 import os
 import signal

@@ -17,6 +17,7 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
+from celery.utils.imports import cwd_in_path
 
 from . import metrics
 from .discovery import autodiscover
@@ -129,7 +130,11 @@ def _discover_at_worker_start(**_: Any) -> None:
     traceback, and raised again as :class:`SystemExit`, naming it.
     """
     try:
-        autodiscover()
+        # From the folder the worker started in, as Celery imports the
+        # modules its app includes: `celery -A proj worker` run from the
+        # project's folder finds the project's apps.
+        with cwd_in_path():
+            autodiscover()
     except Exception as error:
         logger.critical(
             "The worker cannot start: importing the events modules of its apps failed",

@@ -271,13 +271,20 @@ class Worker:
         log_path: Path,
         name: str,
         command: Sequence[str] = ("eventlib", "worker"),
+        *,
+        cwd: Path | None = None,
     ) -> None:
+        """With ``cwd``, the command runs there as its script (the venv's
+        ``celery``, not ``python -m celery``, which would put the folder on
+        ``sys.path`` itself)."""
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
+        start = [sys.executable, "-m"] if cwd is None else []
+        if cwd is not None:
+            command = [str(Path(sys.executable).parent / command[0]), *command[1:]]
         self.process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
+                *start,
                 *command,
                 "--loglevel=INFO",
                 "--concurrency=2",
@@ -289,6 +296,7 @@ class Worker:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=cwd,
         )
 
     @property
