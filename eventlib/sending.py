@@ -232,7 +232,7 @@ class Sender:
                     producer=producer,
                     serializer="json",
                     retry=True,
-                    retry_policy=PUBLISH_RETRY_POLICY,
+                    retry_policy=_retry_policy(get_settings().broker_timeout),
                     add_to_parent=False,
                 )
         except Exception as error:
@@ -288,7 +288,7 @@ class Sender:
                 producer=producer,
                 serializer="json",
                 retry=True,
-                retry_policy=PUBLISH_RETRY_POLICY,
+                retry_policy=_retry_policy(settings.broker_timeout),
                 add_to_parent=False,
             )
         self._broker_answered = True
@@ -647,6 +647,22 @@ class Sender:
         self._stopping = False
         self._broker_answered = False
         self.circuit = Circuit()
+
+
+def _retry_policy(timeout: float) -> dict[str, Any]:
+    """:data:`PUBLISH_RETRY_POLICY` for one publish: its one retry is for a
+    connection that failed at once (one the broker closed meanwhile), not
+    for a broker that stopped answering, where it would wait out
+    ``timeout`` again on a new connection.  So a publish waits at most
+    about twice ``timeout``: one wait, or a quick failure and then a
+    reconnection and a publish, each bounded."""
+    started = time.monotonic()
+
+    def give_up_after_a_wait(error: Exception, interval: float) -> None:
+        if time.monotonic() - started > timeout / 2:
+            raise error
+
+    return {**PUBLISH_RETRY_POLICY, "errback": give_up_after_a_wait}
 
 
 def _batches(events: Sequence[Outgoing], settings: Settings) -> list[list[Outgoing]]:

@@ -8,14 +8,18 @@ Celery's default (unbounded) connection settings."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
 import pytest
+import redis
 from celery import Celery
 
 import eventlib
 from eventlib.sending import spool_status
+
+from .test_outage import PrivateRedis
 
 TIMEOUT = 0.5
 #: Far above the target (one connection attempt and one retry, each bounded
@@ -175,3 +179,63 @@ def test_background_mode_raises_dispatch_error_once_its_full_buffer_cannot_be_sp
     assert eventlib.flush(timeout=BOUND) is False
     held = list(eventlib.sending.sender._buffer)
     assert [event[1] for event in held if isinstance(event, tuple)] == kept
+
+
+# ------------------------------------------- a warm connection goes quiet ---
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        server.process.send_signal(signal.SIGCONT)  # SIGKILL reaches a stopped process too
+    server.stop()
+
+
+def test_a_warm_connection_whose_redis_stops_answering_waits_at_most_twice_the_timeout(
+    shop, private_redis
+):
+    """Redis stopped (SIGSTOP) after a first publish: the kernel still
+    accepts connections, nothing answers.  The publish waits once, and does
+    not retry on a new connection to wait again (it used to take three
+    times the timeout)."""
+    timeout = 1.0
+    eventlib.configure(
+        broker_url=private_redis.url,
+        broker_timeout=timeout,
+        spool_probe_interval=3600,
+        dispatch="direct",
+    )
+    eventlib.log("shop.Purchase", {"sku": "warm"})
+    private_redis.process.send_signal(signal.SIGSTOP)
+
+    started = time.monotonic()
+    eventlib.log("shop.Purchase", {"sku": "stalled"})
+    waited = time.monotonic() - started
+
+    assert waited < 2 * timeout + 0.4, f"log() waited {waited:.2f}s"
+    assert spool_status().count == 1
+
+
+def test_a_connection_the_broker_closed_meanwhile_is_retried_at_once(shop, private_redis):
+    """The one retry of a publish is for this: a pooled connection Redis
+    closed while it was idle.  The event is published, not spooled."""
+    eventlib.configure(
+        broker_url=private_redis.url,
+        broker_timeout=1.0,
+        spool_probe_interval=3600,
+        dispatch="direct",
+    )
+    eventlib.log("shop.Purchase", {"sku": "warm"})
+    client = redis.Redis.from_url(private_redis.url)
+    try:
+        assert client.client_kill_filter(_type="normal", skipme=True) >= 1
+        event_id = eventlib.log("shop.Purchase", {"sku": "after the close"})
+        assert spool_status().count == 0
+        assert eventlib.sending.sender.circuit.is_open is False
+        assert client.llen("eventlib") == 2
+        assert event_id
+    finally:
+        client.close()
