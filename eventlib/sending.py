@@ -122,6 +122,8 @@ class Sender:
         self._stopping = False
         #: Whether the spool may hold events of this process's destination.
         self._spool_waiting = True
+        #: Whether events this process spooled may still wait there.
+        self._spooled_here = False
         #: Whether the broker took the last publish: until it has, the
         #: publisher checks it before it claims spooled events, so that a
         #: process killed during an outage leaves no claim behind.
@@ -196,7 +198,7 @@ class Sender:
                 f"{broker_name(app)}, nor keep it in the spool {spool.path}: {error.__cause__}"
             ) from cause or error
         metrics.increment("spooled", len(events))
-        self._spool_waiting = True
+        self._spool_waiting = self._spooled_here = True
         self._start_publisher()
         self._wake.set()
 
@@ -453,7 +455,7 @@ class Sender:
                     "eventlib_published": flushed,
                 },
             )
-        self._spool_waiting = status.count > 0
+        self._spool_waiting = self._spooled_here = status.count > 0
         return True
 
     def _release_flush_marks(self) -> None:
@@ -477,7 +479,7 @@ class Sender:
             self._buffer.popleft()
         if events:
             metrics.increment("spooled", len(events))
-            self._spool_waiting = True
+            self._spool_waiting = self._spooled_here = True
         for item in items:
             if isinstance(item, _FlushMark):
                 item.unpublished = True
@@ -506,7 +508,7 @@ class Sender:
             return False
         if mark.unpublished or self.circuit.is_open:
             return False
-        while self._spool_waiting:
+        while self._spooled_here:
             if self.circuit.is_open or _remaining(deadline) == 0:
                 return False
             self._wake.set()
@@ -607,6 +609,7 @@ class Sender:
             self._spools.clear()
             self.circuit.close()
             self._spool_waiting = True
+            self._spooled_here = False
         for pool in pools:
             pool.connections.force_close_all()
             pool.force_close_all()

@@ -633,3 +633,17 @@ def expire_leases(path: Path) -> None:
             connection.execute("update spool set claimed_until = ?", (time.time() - 1,))
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize("command", ["status", "flush"])
+def test_a_spool_file_that_is_not_a_database_exits_4_naming_the_file(isolation, command):
+    spool = isolation.root / "eventlib-spool.sqlite"
+    spool.write_bytes(b"not a database, only text " * 200)
+
+    result = run_cli(isolation, "--broker-url", "memory://", "spool", command)
+
+    assert result.returncode == 4
+    assert one_line_error(result) == (
+        f"eventlib: the spool file {spool} cannot be read: file is not a database"
+    )
+    assert spool.read_bytes() == b"not a database, only text " * 200  # left as it was

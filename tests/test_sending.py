@@ -328,3 +328,21 @@ def test_a_spool_file_kept_by_sqlite_is_durable_before_log_returns_in_spool_mode
         assert other.execute("select event_id from spool").fetchall() == [(event_id,)]
     finally:
         other.close()
+
+
+def test_a_spool_file_that_cannot_be_read_is_named_in_the_log_and_events_still_go(
+    shop, memory_app, tmp_path, caplog
+):
+    spool_path = tmp_path / "spool.sqlite"
+    spool_path.write_bytes(b"not a database " * 300)
+    eventlib.configure(celery_app=memory_app, spool_path=str(spool_path))
+
+    event_id = eventlib.log("shop.Purchase", {})
+
+    assert eventlib.flush(timeout=10)
+    assert events_in(messages(memory_app)) == [event_id]
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"the spool file {spool_path} cannot be read: file is not a database; "
+        "the events in it wait until it can be read"
+    ]

@@ -110,12 +110,14 @@ def test_log_refuses_what_it_cannot_spool_with_the_broker_up_as_in_eager_mode(
     refused = [{"sku": "\ud800"}, {"sku": "x", "\udc80": 1}, {"sku": "x", "deep": deep}]
 
     first_id = eventlib.log("shop.Purchase", {"sku": "published"})
+    assert eventlib.flush(timeout=10)
     assert client.llen(queue) == 1  # the broker is up and takes events
     published = []
     for data in refused:
         with pytest.raises(SerializationError) as raised:
             eventlib.log("shop.Purchase", data)
         published.append((str(raised.value), raised.value.__notes__))
+    assert eventlib.flush(timeout=10)
     assert client.llen(queue) == 1
 
     eventlib.configure(always_eager=True)
