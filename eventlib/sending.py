@@ -113,7 +113,7 @@ class Sender:
         self._lock = threading.RLock()
         self._own_app: Celery | None = None
         self._pools: dict[int, ProducerPool] = {}
-        self._spools: dict[tuple[str, str, str], Spool] = {}
+        self._spools: dict[tuple[str, str, str | None, int], Spool] = {}
         self.circuit = Circuit()
         self._next_probe = 0.0
         self._buffer: deque[Outgoing | _FlushMark] = deque()
@@ -278,13 +278,18 @@ class Sender:
             if len(events) == 1:
                 name, event_id, payload = events[0]
                 task, args, task_id = PROCESS_TASK, (name, payload), event_id
+                shown = None  # Celery's repr of the arguments
             else:
                 task = BATCH_TASK
                 args = ([[name, payload] for name, _, payload in events],)
                 task_id = None
+                # Not Celery's repr of a hundred payloads, which costs more
+                # than the rest of the publish and says less.
+                shown = f"[{len(events)} events: {', '.join(_counted(events))}]"
             app.send_task(
                 task,
                 args=args,
+                argsrepr=shown,
                 task_id=task_id,
                 queue=settings.queue,
                 producer=producer,
@@ -582,13 +587,13 @@ class Sender:
         Builds no Celery app, and imports no transport: it serves at
         interpreter exit, when imports may fail."""
         settings = settings or get_settings()
-        if settings.celery_app is not None:
-            broker = broker_name(settings.celery_app)
-        else:
-            broker = maybe_sanitize_url(resolved_broker_url(settings))
-        key = (settings.spool_path, settings.queue, broker)
+        key = (settings.spool_path, settings.queue, settings.broker_url, id(settings.celery_app))
         spool = self._spools.get(key)
         if spool is None:
+            if settings.celery_app is not None:
+                broker = broker_name(settings.celery_app)
+            else:
+                broker = maybe_sanitize_url(resolved_broker_url(settings))
             destination = Destination(broker, settings.queue)
             with self._lock:
                 spool = self._spools.setdefault(
@@ -650,6 +655,14 @@ class Sender:
         self._stopping = False
         self._broker_answered = False
         self.circuit = Circuit()
+
+
+def _counted(events: Sequence[Outgoing]) -> list[str]:
+    """The names of ``events`` with how many of each: ``shop.Refund x3``."""
+    counts: dict[str, int] = {}
+    for name, _, _ in events:
+        counts[name] = counts.get(name, 0) + 1
+    return [f"{name} x{count}" for name, count in counts.items()]
 
 
 def _retry_policy(timeout: float) -> dict[str, Any]:

@@ -113,7 +113,12 @@ def test_events_waiting_together_go_in_batches_bounded_in_count_and_bytes(shop, 
     assert len(found) >= 4  # 25 small ones in batches of 10 at most, the large ones apart
     for message in found:
         if message.headers["task"].endswith("batch"):
-            assert sum(len(payload) for _, payload in message.decode()[0][0]) <= 2_000
+            batch = message.decode()[0][0]
+            assert sum(len(payload) for _, payload in batch) <= 2_000
+            # What Flower and the worker's log show of its arguments.
+            assert (
+                message.headers["argsrepr"] == f"[{len(batch)} events: shop.Purchase x{len(batch)}]"
+            )
 
 
 def test_log_returns_before_the_event_is_published_in_background_mode(shop, memory_app):
