@@ -505,6 +505,8 @@ class Sender:
         deadline = None if timeout is None else time.monotonic() + timeout
         if get_settings().always_eager or self._recorders:
             return True
+        if self._thread is None and not self._buffer and not self._spooled_here:
+            return True  # nothing logged here yet
         mark = _FlushMark()
         self._buffer.append(mark)
         self._start_publisher()

@@ -20,9 +20,10 @@ from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 from celery.utils.imports import cwd_in_path
 
 from . import metrics
+from .conf import get_settings
 from .discovery import autodiscover
 from .processing import run_handler
-from .sending import BATCH_TASK, PROCESS_TASK, RETRY_TASK
+from .sending import BATCH_TASK, PROCESS_TASK, RETRY_TASK, flush
 
 logger = logging.getLogger("eventlib")
 
@@ -144,13 +145,19 @@ def _discover_at_worker_start(**_: Any) -> None:
 
 
 @worker_process_shutdown.connect
-def _log_counters_of_pool_process(**_: Any) -> None:
+def _end_pool_process(**_: Any) -> None:
+    """A pool process ends (the worker stops, or it reached
+    ``max_tasks_per_child``): publish what its handlers logged, since it
+    ends without the interpreter's exit functions, then log its counters."""
+    flush(3 * get_settings().broker_timeout)
     log_counters()
 
 
 @worker_shutdown.connect
-def _log_counters_of_worker(**_: Any) -> None:
-    """A worker whose pool runs in its own process (``--pool=solo`` or
-    ``threads``) has counted something; prefork's main process has not."""
+def _end_worker(**_: Any) -> None:
+    """The same for a worker whose pool runs in its own process
+    (``--pool=solo`` or ``threads``); prefork's main process has counted
+    nothing."""
+    flush(3 * get_settings().broker_timeout)
     if any(metrics.snapshot().values()):
         log_counters()

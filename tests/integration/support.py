@@ -222,6 +222,15 @@ class Slow(eventlib.BaseEvent):
         record(self, "finished")
 
 
+class Chain(eventlib.BaseEvent):
+    # Its handler logs an event in the worker's pool process.
+    @eventlib.handler
+    def follow_up(self):
+        for n in range(self.data.get("count", 1)):
+            eventlib.log("shop.Purchase", {"sku": f"after-{self.id}-{n}"})
+        record(self, "followed_up")
+
+
 class Held(eventlib.BaseEvent):
     # Its first run holds the message, unacknowledged, for data["seconds"].
     @eventlib.handler

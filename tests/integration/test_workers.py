@@ -8,7 +8,7 @@ import pytest
 
 import eventlib
 
-from .support import wait_for
+from .support import Worker, wait_for
 
 EVENTS = 300
 HANDLERS = ("count_sale", "add_points", "audit")
@@ -129,3 +129,30 @@ def test_an_event_whose_pool_process_is_killed_runs_again_in_the_same_worker(pro
     assert started[1][1] != first_pid
     [(finished_pid,)] = project.records.query("select pid from runs where handler = 'finished'")
     assert finished_pid == started[1][1]
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_events_logged_by_handlers_leave_with_a_pool_process_that_ends(project):
+    """A pool process replaced after each task (``--max-tasks-per-child=1``)
+    ends without the interpreter's exit functions: the events its handlers
+    logged, in the background mode, are published as it ends."""
+    project.workers.append(
+        Worker(
+            project.environment(),
+            project.tmp_path / "worker.log",
+            "w0",
+            command=["eventlib", "worker", "--max-tasks-per-child=1"],
+        )
+    )
+    project.workers[-1].wait_ready()
+    project.configure_here()
+
+    # Enough events per task that some still wait in memory as it ends.
+    chains = [eventlib.log("shop.Chain", {"count": 500}) for _ in range(3)]
+
+    wait_for(
+        lambda: project.records.count("audit") == 500 * len(chains),
+        60,
+        f"the events logged by the handlers to run; worker log:\n{project.workers[-1].log}",
+    )
+    assert project.records.runs_per_event("followed_up") == dict.fromkeys(chains, 1)
