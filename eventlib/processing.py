@@ -154,7 +154,7 @@ def retry_handler(
     if handler is None:
         if dead_letter is not None:
             _resolve(run)
-        return _every_handler(replace(run, dead_letter=None), event)
+        return _every_handler(replace(run, attempt=1, dead_letter=None), event)
     try:
         function = HANDLER_REGISTRY.find_handler(type(event), handler)
     except KeyError as error:

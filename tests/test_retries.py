@@ -219,6 +219,28 @@ def test_process_called_directly_runs_the_retries_here_without_a_broker(shop):
     ]
 
 
+def test_a_whole_event_dead_letter_retried_runs_its_handlers_with_all_their_retries(
+    shop, isolation
+):
+    payload = serialize_event(shop.Refund({"order_id": 1}))
+    with pytest.raises(eventlib.EventNotFound):
+        eventlib.process("shop.Gone", payload)
+    [letter] = deadletters.list_dead_letters()
+    assert letter.attempts == 1
+
+    isolation.write("shop/events.py", SHOP_EVENTS + "\n    class Gone(Refund):\n        pass\n")
+    shop = importlib.import_module("shop.events")
+    result = deadletters.retry(letter.id, here=True)  # its run 2
+
+    # As for a new event: the first run and 2 retries, whatever the dead
+    # letter's attempts were.
+    assert result.retrying == ("shop.events.Refund.flaky", "shop.events.Refund.broken")
+    assert (Counter(shop.RUNS)["flaky"], Counter(shop.RUNS)["broken"]) == (3, 3)
+    assert letters() == [
+        ("shop.Gone", "shop.events.Refund.broken", 3, "RuntimeError: broken, run 3")
+    ]
+
+
 def test_the_test_recorder_runs_retries_in_the_test(shop):
     from eventlib.testing import capture_events
 
