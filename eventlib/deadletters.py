@@ -251,7 +251,7 @@ def _retry(letter: DeadLetter, here: bool) -> ProcessResult | None:
     from . import processing
 
     if here:
-        return processing.run_handler(
+        return processing.retry_handler(
             letter.event_name,
             letter.payload,
             letter.handler,

@@ -4,8 +4,14 @@ Deserialize, find the event class, validate again, then call every handler in
 ``HANDLER_REGISTRY`` order.  Like Django's ``send_robust``, a handler that
 raises is logged with its traceback and the next handler still runs.  A
 handler that has retries left runs again, alone (in a worker, later, through
-the task ``eventlib.retry_handler``); its last failure, and an event that
-cannot be processed at all, become dead letters (:mod:`eventlib.deadletters`).
+the task ``eventlib.retry_handler``, which runs :func:`retry_handler`); its
+last failure, and an event that cannot be processed at all, become dead
+letters (:mod:`eventlib.deadletters`).
+
+The module reads in the order a run goes: the result types, the two entry
+points (:func:`process` and :func:`retry_handler`), loading the event, the
+handler loop, the failure policy (retry or dead letter), dead-letter
+recording, and what every log record says about the run.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from . import metrics
@@ -33,7 +39,12 @@ if TYPE_CHECKING:
 
     from .event import BaseEvent
 
+__all__ = ["HandlerFailure", "ProcessResult", "process", "retry_handler"]
+
 logger = logging.getLogger("eventlib")
+
+
+# ---------------------------------------------------------------- results ---
 
 
 @dataclass(frozen=True)
@@ -71,24 +82,10 @@ class ProcessResult:
         return asdict(self)
 
 
-_discovered: tuple[str, ...] | None = None
-_discovery_lock = threading.Lock()
+# ----------------------------------------------------------- entry points ---
 
 
-def _ensure_discovered() -> None:
-    """Run :func:`autodiscover` once per process and per ``apps`` setting, so
-    that function handlers declared in other apps are registered."""
-    global _discovered
-    apps = get_settings().apps
-    if _discovered == apps:
-        return
-    with _discovery_lock:
-        if _discovered != apps:
-            autodiscover(apps)
-            _discovered = apps
-
-
-def process(name: str, payload: str | bytes) -> ProcessResult:
+def process(name: str, payload: str | bytes, *, app: Celery | None = None) -> ProcessResult:
     """Run every handler of the event ``name`` on ``payload`` (the JSON text
     ``log()`` produced) and return a :class:`ProcessResult`.
 
@@ -101,11 +98,11 @@ def process(name: str, payload: str | bytes) -> ProcessResult:
     id and the handler's qualified name, and the next handler still runs.
     Once every handler ran, each failed handler with retries left runs again,
     alone, and is named in ``retrying``; the other failures become dead
-    letters.  In a worker, the task ``eventlib.process`` sends those retries
-    as ``eventlib.retry_handler``, to run after the delay of
-    :meth:`~eventlib.registry.HandlerOptions.delay`; in eager mode, and when
-    ``process()`` is called directly (as :mod:`eventlib.testing` and
-    ``eventlib process`` do), they run at once, in this process.
+    letters.  The task ``eventlib.process`` passes its Celery ``app``, which
+    sends those retries as ``eventlib.retry_handler``, to run after the delay
+    of :meth:`~eventlib.registry.HandlerOptions.delay`; in eager mode, and
+    without ``app`` (as :mod:`eventlib.testing` and ``eventlib process``
+    call it), they run at once, in this process.
 
     Raises :class:`~eventlib.InvalidEventName`,
     :class:`~eventlib.EventNotFound` (for an app not among the configured
@@ -115,10 +112,15 @@ def process(name: str, payload: str | bytes) -> ProcessResult:
     is no event to give the handlers; the event is recorded as a dead letter
     first, with that reason.
     """
-    return run_handler(name, payload, None, 1)
+    run = _Run(name, payload, attempt=1, app=app)
+    try:
+        event = _load(run)
+    except ValidationError as error:
+        return _refused(run, error)
+    return _every_handler(run, event)
 
 
-def run_handler(
+def retry_handler(
     name: str,
     payload: str | bytes,
     handler: str | None,
@@ -127,19 +129,153 @@ def run_handler(
     dead_letter: int | None = None,
     app: Celery | None = None,
 ) -> ProcessResult:
-    """Run the handler named ``handler`` (a qualified name) of the event, or
-    every handler when it is ``None``, as :func:`process` does; what the task
-    ``eventlib.retry_handler`` runs.
+    """Run the handler named ``handler`` (a qualified name) of the event
+    again, alone, and return a :class:`ProcessResult`: what the task
+    ``eventlib.retry_handler`` runs, and ``deadletters.retry(id, here=True)``.
 
+    The event is loaded as :func:`process` loads it, with the same errors.
     ``attempt`` is the number of this run of the handler (1 for its first);
-    while it is not above the handler's ``retries``, a failure is retried.
+    while it is not above the handler's ``retries``, a failure is retried, as
+    :func:`process` retries it, through ``app``.  A handler that no longer
+    exists fails at once, as a dead letter.
+
     With ``dead_letter``, the id of the dead letter being retried, there is
     no automatic retry: a success removes the dead letter, a failure counts
-    one more attempt on it.  A handler that no longer exists fails at once,
-    as a dead letter.  ``app``, the Celery app of the worker's task, sends
-    the retries; without it (or in eager mode) they run at once, here.
+    one more attempt on it.  ``handler`` is ``None`` for a dead letter of the
+    whole event: once the event loads, the dead letter is removed and every
+    handler runs as :func:`process` runs them, with their retries and dead
+    letters of their own.
     """
-    return _Run(name, payload, handler, attempt, dead_letter, app).run()
+    run = _Run(name, payload, attempt, app, handler=handler, dead_letter=dead_letter)
+    try:
+        event = _load(run)
+    except ValidationError as error:
+        return _refused(run, error)
+    if handler is None:
+        if dead_letter is not None:
+            _resolve(run)
+        return _every_handler(replace(run, attempt=1, dead_letter=None), event)
+    try:
+        function = HANDLER_REGISTRY.find_handler(type(event), handler)
+    except KeyError as error:
+        return _handler_gone(run, handler, str(error.args[0]))
+    result = _run_handlers(run, event, (function,))
+    if dead_letter is not None and result.succeeded:
+        _resolve(run)
+    return result
+
+
+def _every_handler(run: _Run, event: BaseEvent) -> ProcessResult:
+    metrics.increment("processed")
+    return _run_handlers(run, event, HANDLER_REGISTRY.handlers_of(type(event)))
+
+
+def _handler_gone(run: _Run, handler: str, reason: str) -> ProcessResult:
+    """The retried handler was renamed or removed: a dead letter at once."""
+    run.log(handler).error(
+        "Handler %s of event %s (id %s) cannot be retried: %s",
+        handler,
+        run.name,
+        run.event_id,
+        reason,
+    )
+    _dead(run, handler, reason, "")
+    return ProcessResult(run.name, run.event_id or "", failed=(HandlerFailure(handler, reason),))
+
+
+# ------------------------------------------------------- loading the event ---
+
+
+def _load(run: _Run) -> BaseEvent:
+    """The event of ``run``: its class found, its payload deserialized, its
+    data validated again.  A :class:`~eventlib.ValidationError` is raised as
+    it is, for the caller to return as :func:`_refused`; any other error is
+    logged, recorded as a dead letter and raised."""
+    _ensure_discovered()
+    try:
+        event_class = find_event(run.name)
+        envelope = deserialize_event(run.payload)
+        run.event_id = envelope.id
+        event = event_class(
+            envelope.data,
+            id=envelope.id,
+            created_at=envelope.created_at,
+            source=envelope.source,
+            client_address=envelope.client_address,
+        )
+        event.validate()
+    except ValidationError:
+        raise
+    except Exception as error:
+        _unloadable(run, error)
+        raise
+    return event
+
+
+def _refused(run: _Run, error: ValidationError) -> ProcessResult:
+    """The worker refused the event's data: logged, a dead letter, no handler run."""
+    run.log(run.handler).error(
+        "Event %s (id %s) has invalid data in the worker, its handlers were not run: %s",
+        run.name,
+        run.event_id,
+        error,
+    )
+    _dead(run, run.handler, f"ValidationError: {error}", _traceback(error))
+    return ProcessResult(run.name, run.event_id or "", invalid=str(error))
+
+
+def _unloadable(run: _Run, error: Exception) -> None:
+    """There is no event to give the handlers: logged and a dead letter."""
+    if run.event_id is None:
+        run.event_id = _peek_id(run.text)
+    if not isinstance(run.name, str):  # a message that log() did not write
+        run.name = repr(run.name)
+    run.log(run.handler).error(
+        "Event %s (id %s) cannot be processed: %s", run.name, run.event_id, _reason(error)
+    )
+    _dead(run, run.handler, _reason(error), _traceback(error))
+
+
+# ------------------------------------------------------- the handler loop ---
+
+
+def _run_handlers(
+    run: _Run, event: BaseEvent, functions: tuple[Callable[..., Any], ...]
+) -> ProcessResult:
+    """Call ``functions`` with the event, in order; hand each failure to the
+    failure policy as it happens, then send the retries it asked for."""
+    succeeded: list[str] = []
+    failed: list[HandlerFailure] = []
+    retries: list[_Retry] = []
+    for function, error in _call_each(functions, event):
+        if error is None:
+            succeeded.append(handler_name(function))
+            continue
+        failed.append(HandlerFailure(handler_name(function), repr(error)))
+        retry = _on_failure(run, event, function, error)
+        if retry is not None:
+            retries.append(retry)
+    sent = _send_retries(run, retries)
+    return ProcessResult(run.name, event.id, tuple(succeeded), tuple(failed), retrying=sent)
+
+
+def _call_each(
+    functions: tuple[Callable[..., Any], ...], event: BaseEvent
+) -> Iterator[tuple[Callable[..., Any], Exception | None]]:
+    """Call each function with ``event``, in order, and yield it with the
+    ``Exception`` it raised (``None`` when it returned), as Django's
+    ``send_robust`` does: a failure does not stop the next function."""
+    for function in functions:
+        try:
+            function(event)
+        except Exception as error:
+            outcome: Exception | None = error
+        else:
+            outcome = None
+        yield function, outcome
+
+
+# ----------------------------------------------------- the failure policy ---
 
 
 @dataclass(frozen=True)
@@ -153,267 +289,65 @@ class _Retry:
     traceback: str
 
 
-class _Run:
-    """One run of an event's handlers (or of one of them)."""
-
-    def __init__(
-        self,
-        name: str,
-        payload: str | bytes,
-        handler: str | None,
-        attempt: int,
-        dead_letter: int | None,
-        app: Celery | None,
-    ) -> None:
-        self.name = name
-        self.payload = payload
-        self.text = _payload_text(payload)
-        self.handler = handler
-        self.attempt = attempt
-        self.dead_letter = dead_letter
-        self.app = app
-        self.event_id: str | None = None
-
-    def run(self) -> ProcessResult:
-        _ensure_discovered()
-        try:
-            event_class, event = self._load()
-        except ValidationError as error:
-            logger.error(
-                "Event %s (id %s) has invalid data in the worker, its handlers were not run: %s",
-                self.name,
-                self.event_id,
-                error,
-                extra=self._context(self.handler),
-            )
-            self._dead(self.handler, f"ValidationError: {error}", traceback.format_exc())
-            return ProcessResult(self.name, self.event_id or "", invalid=str(error))
-        except Exception as error:
-            if self.event_id is None:
-                self.event_id = _peek_id(self.text)
-            if not isinstance(self.name, str):  # a message that log() did not write
-                self.name = repr(self.name)
-            logger.error(
-                "Event %s (id %s) cannot be processed: %s",
-                self.name,
-                self.event_id,
-                _reason(error),
-                extra=self._context(self.handler),
-            )
-            self._dead(self.handler, _reason(error), traceback.format_exc())
-            raise
-        if self.handler is None:
-            if self.dead_letter is not None:
-                # The event can be processed again: its handlers take it from
-                # here, their failures are dead letters of their own.
-                self._resolve()
-                self.dead_letter = None
-            functions = HANDLER_REGISTRY.handlers_of(event_class)
-            metrics.increment("processed")
-        else:
-            try:
-                functions = (HANDLER_REGISTRY.find_handler(event_class, self.handler),)
-            except KeyError as error:
-                reason = str(error.args[0])
-                logger.error(
-                    "Handler %s of event %s (id %s) cannot be retried: %s",
-                    self.handler,
-                    self.name,
-                    event.id,
-                    reason,
-                    extra=self._context(self.handler),
-                )
-                self._dead(self.handler, reason, "")
-                return ProcessResult(
-                    self.name, event.id, failed=(HandlerFailure(self.handler, reason),)
-                )
-        return self._call(event_class, event, functions)
-
-    def _load(self) -> tuple[type[BaseEvent], BaseEvent]:
-        event_class = find_event(self.name)
-        envelope = deserialize_event(self.payload)
-        self.event_id = envelope.id
-        event = event_class(
-            envelope.data,
-            id=envelope.id,
-            created_at=envelope.created_at,
-            source=envelope.source,
-            client_address=envelope.client_address,
+def _on_failure(
+    run: _Run, event: BaseEvent, function: Callable[..., Any], error: Exception
+) -> _Retry | None:
+    """Decide what follows a handler's failure, and log it with its
+    traceback: the retry to send while the handler has retries left (at
+    WARNING level), or else a dead letter (at ERROR level).  A dead letter
+    being retried is not retried automatically."""
+    metrics.increment("handler_failures")
+    name = handler_name(function)
+    options = HANDLER_REGISTRY.options_of(type(event), function)
+    log = run.log(name)
+    if run.dead_letter is None and run.attempt <= options.retries:
+        delay = options.delay(run.attempt)
+        log.warning(
+            "Handler %s failed on event %s (id %s), attempt %d of %d; it runs again in %.1fs",
+            name,
+            run.name,
+            event.id,
+            run.attempt,
+            options.retries + 1,
+            delay,
+            exc_info=error,
         )
-        event.validate()
-        return event_class, event
+        return _Retry(name, run.attempt + 1, delay, _reason(error), _traceback(error))
+    log.error("Handler %s failed on event %s (id %s)", name, run.name, event.id, exc_info=error)
+    _dead(run, name, _reason(error), _traceback(error))
+    return None
 
-    def _call(
-        self,
-        event_class: type[BaseEvent],
-        event: BaseEvent,
-        functions: tuple[Callable[..., Any], ...],
-    ) -> ProcessResult:
-        retrying_dead_letter = self.dead_letter is not None and self.handler is not None
-        succeeded: list[str] = []
-        failed: list[HandlerFailure] = []
-        retries: list[_Retry] = []
-        for function in functions:
+
+def _send_retries(run: _Run, retries: list[_Retry]) -> tuple[str, ...]:
+    """Send the retries to the workers of ``run.app``, or, in eager mode and
+    without an app, queue them for :func:`_retries_in_turn`.  A retry that
+    cannot be sent becomes a dead letter.  Returns the names of the handlers
+    whose retry was sent or queued."""
+    if not retries:
+        return ()
+    here = run.app is None or sender.is_eager(run.app)
+    sent = []
+    with _retries_in_turn():
+        for retry in retries:
+            args = (run.name, run.text, retry.handler, retry.attempt)
             try:
-                function(event)
-            except Exception as error:
-                metrics.increment("handler_failures")
-                qualified = handler_name(function)
-                failed.append(HandlerFailure(qualified, repr(error)))
-                context = self._context(qualified)
-                options = HANDLER_REGISTRY.options_of(event_class, function)
-                if not retrying_dead_letter and self.attempt <= options.retries:
-                    delay = options.delay(self.attempt)
-                    logger.warning(
-                        "Handler %s failed on event %s (id %s), attempt %d of %d; "
-                        "it runs again in %.1fs",
-                        qualified,
-                        self.name,
-                        event.id,
-                        self.attempt,
-                        options.retries + 1,
-                        delay,
-                        exc_info=True,
-                        extra=context,
-                    )
-                    retries.append(
-                        _Retry(
-                            qualified,
-                            self.attempt + 1,
-                            delay,
-                            _reason(error),
-                            traceback.format_exc(),
-                        )
-                    )
-                    continue
-                logger.exception(
-                    "Handler %s failed on event %s (id %s)",
-                    qualified,
-                    self.name,
-                    event.id,
-                    extra=context,
-                )
-                self._dead(qualified, _reason(error), traceback.format_exc())
-            else:
-                succeeded.append(handler_name(function))
-                if retrying_dead_letter:
-                    self._resolve()
-        sent = self._send(retries)
-        return ProcessResult(
-            self.name, event.id, tuple(succeeded), tuple(failed), retrying=tuple(sent)
-        )
-
-    def _send(self, retries: list[_Retry]) -> list[str]:
-        """Send the retries to the workers, or, in eager mode and when not run
-        by a worker's task, queue them for :func:`_retries_in_turn`.  A retry
-        that cannot be sent becomes a dead letter.  Returns the names of the
-        handlers whose retry was sent or queued."""
-        if not retries:
-            return []
-        here = self.app is None or sender.is_eager(self.app)
-        sent = []
-        with _retries_in_turn():
-            for retry in retries:
-                args = (self.name, self.text, retry.handler, retry.attempt)
-                try:
-                    if here:
-                        _here.pending.append((args, self.app))
-                    else:
-                        sender.send_task(RETRY_TASK, args, countdown=retry.delay, app=self.app)
-                except Exception as error:
-                    logger.exception(
-                        "The retry of handler %s on event %s (id %s) could not be sent",
-                        retry.handler,
-                        self.name,
-                        self.event_id,
-                        extra=self._context(retry.handler),
-                    )
-                    self._dead(
-                        retry.handler,
-                        f"{retry.reason} (its retry could not be sent: {error!r})",
-                        retry.traceback,
-                        attempts=retry.attempt - 1,
-                    )
+                if here:
+                    _here.pending.append((args, run.app))
                 else:
-                    metrics.increment("retries")
-                    sent.append(retry.handler)
-        return sent
-
-    def _dead(
-        self, handler: str | None, reason: str, trace: str, *, attempts: int | None = None
-    ) -> None:
-        """Record the failure as a dead letter, or, when retrying one, count
-        one more failure on it.  A database that cannot be written is logged
-        with the payload, so that the event can still be found."""
-        from . import deadletters  # SQLAlchemy, only once something failed
-
-        context = self._context(handler)
-        try:
-            if self.dead_letter is not None:
-                deadletters.failed_again(self.dead_letter, reason=reason, traceback=trace)
-                logger.warning(
-                    "Dead letter %d failed again: %s on event %s (id %s)",
-                    self.dead_letter,
-                    handler or "the whole event",
-                    self.name,
-                    self.event_id,
-                    extra=context,
+                    sender.send_task(RETRY_TASK, args, countdown=retry.delay, app=run.app)
+            except Exception as error:
+                run.log(retry.handler).exception(
+                    "The retry of handler %s on event %s (id %s) could not be sent",
+                    retry.handler,
+                    run.name,
+                    run.event_id,
                 )
-                return
-            new_id = deadletters.record(
-                event_name=self.name,
-                event_id=self.event_id,
-                payload=self.text,
-                handler=handler,
-                attempts=self.attempt if attempts is None else attempts,
-                reason=reason,
-                traceback=trace,
-            )
-        except Exception:
-            logger.exception(
-                "Could not record the dead letter of %s on event %s (id %s) in %s; its payload: %s",
-                handler or "the whole event",
-                self.name,
-                self.event_id,
-                deadletters.database_name(),
-                self.text,
-                extra=context,
-            )
-            return
-        logger.warning(
-            "Recorded dead letter %d: %s on event %s (id %s)",
-            new_id,
-            handler or "the whole event",
-            self.name,
-            self.event_id,
-            extra=context,
-        )
-
-    def _resolve(self) -> None:
-        from . import deadletters
-
-        assert self.dead_letter is not None
-        try:
-            deadletters.resolve(self.dead_letter)
-        except Exception:
-            logger.exception(
-                "Dead letter %d succeeded but could not be removed",
-                self.dead_letter,
-                extra=self._context(self.handler),
-            )
-            return
-        logger.info(
-            "Dead letter %d succeeded and was removed",
-            self.dead_letter,
-            extra=self._context(self.handler),
-        )
-
-    def _context(self, handler: str | None = None) -> dict[str, Any]:
-        return {
-            "eventlib_event": self.name,
-            "eventlib_event_id": self.event_id,
-            "eventlib_handler": handler,
-        }
+                reason = f"{retry.reason} (its retry could not be sent: {error!r})"
+                _dead(run, retry.handler, reason, retry.traceback)
+            else:
+                metrics.increment("retries")
+                sent.append(retry.handler)
+    return tuple(sent)
 
 
 _here = threading.local()
@@ -429,14 +363,109 @@ def _retries_in_turn() -> Iterator[None]:
     if getattr(_here, "pending", None) is not None:
         yield
         return
-    _here.pending = pending = deque()
+    pending: deque[tuple[tuple[str, str, str, int], Celery | None]] = deque()
+    _here.pending = pending
     try:
         yield
         while pending:
             args, app = pending.popleft()
-            run_handler(*args, app=app)
+            retry_handler(*args, app=app)
     finally:
         del _here.pending
+
+
+# ----------------------------------------------------------- dead letters ---
+
+
+def _dead(run: _Run, handler: str | None, reason: str, trace: str) -> None:
+    """Record the failure of ``handler`` (``None``: of the whole event) as a
+    dead letter, or, when ``run`` retries one, count one more failure on it.
+    A database that cannot be written is logged with the payload, so that
+    the event can still be found."""
+    from . import deadletters  # SQLAlchemy, only once something failed
+
+    what = handler or "the whole event"
+    log = run.log(handler)
+    try:
+        if run.dead_letter is None:
+            number = deadletters.record(
+                event_name=run.name,
+                event_id=run.event_id,
+                payload=run.text,
+                handler=handler,
+                attempts=run.attempt,
+                reason=reason,
+                traceback=trace,
+            )
+            message = "Recorded dead letter %d: %s on event %s (id %s)"
+        else:
+            deadletters.failed_again(run.dead_letter, reason=reason, traceback=trace)
+            number = run.dead_letter
+            message = "Dead letter %d failed again: %s on event %s (id %s)"
+    except Exception:
+        log.exception(
+            "Could not record the dead letter of %s on event %s (id %s) in %s; its payload: %s",
+            what,
+            run.name,
+            run.event_id,
+            deadletters.database_name(),
+            run.text,
+        )
+        return
+    log.warning(message, number, what, run.name, run.event_id)
+
+
+def _resolve(run: _Run) -> None:
+    """Remove the dead letter ``run`` retried, which succeeded."""
+    from . import deadletters
+
+    assert run.dead_letter is not None
+    log = run.log(run.handler)
+    try:
+        deadletters.resolve(run.dead_letter)
+    except Exception:
+        log.exception("Dead letter %d succeeded but could not be removed", run.dead_letter)
+        return
+    log.info("Dead letter %d succeeded and was removed", run.dead_letter)
+
+
+# ---------------------------------------------------------------- the run ---
+
+
+@dataclass
+class _Run:
+    """One run of an event's handlers, as its log records and dead letters
+    name it."""
+
+    name: str
+    #: What arrived, for :func:`deserialize_event`.
+    payload: str | bytes
+    #: The number of this run of the handlers (1 for their first).
+    attempt: int
+    #: The Celery app that sends retries; ``None`` runs them here.
+    app: Celery | None
+    #: The handler retried alone; ``None`` for every handler.
+    handler: str | None = None
+    #: The id of the dead letter being retried.
+    dead_letter: int | None = None
+    #: Known once the payload is deserialized (or peeked at).
+    event_id: str | None = None
+    #: The payload as text, to send again or keep in a dead letter.
+    text: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.text = _payload_text(self.payload)
+
+    def log(self, handler: str | None) -> logging.LoggerAdapter[logging.Logger]:
+        """The ``eventlib`` logger, giving each record the attributes
+        ``eventlib_event``, ``eventlib_event_id`` and ``eventlib_handler``
+        (``handler``: ``None`` when no handler is concerned)."""
+        context = {
+            "eventlib_event": self.name,
+            "eventlib_event_id": self.event_id,
+            "eventlib_handler": handler,
+        }
+        return logging.LoggerAdapter(logger, context)
 
 
 def _payload_text(payload: Any) -> str:
@@ -461,6 +490,29 @@ def _peek_id(payload: str) -> str | None:
 
 def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+def _traceback(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error))
+
+
+# -------------------------------------------------------------- discovery ---
+
+_discovered: tuple[str, ...] | None = None
+_discovery_lock = threading.Lock()
+
+
+def _ensure_discovered() -> None:
+    """Run :func:`autodiscover` once per process and per ``apps`` setting, so
+    that function handlers declared in other apps are registered."""
+    global _discovered
+    apps = get_settings().apps
+    if _discovered == apps:
+        return
+    with _discovery_lock:
+        if _discovered != apps:
+            autodiscover(apps)
+            _discovered = apps
 
 
 def _forget_discovery() -> None:

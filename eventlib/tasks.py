@@ -19,10 +19,9 @@ from celery import Task, shared_task
 from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 from celery.utils.imports import cwd_in_path
 
-from . import metrics
+from . import metrics, processing
 from .conf import get_settings
 from .discovery import autodiscover
-from .processing import run_handler
 from .sending import BATCH_TASK, PROCESS_TASK, RETRY_TASK, flush
 
 logger = logging.getLogger("eventlib")
@@ -53,11 +52,12 @@ def process_event(self: Task, name: str, payload: str) -> None:
 
     Returns ``None``: the outcome is in the logs, the counters and the dead
     letters (results are ignored, and Celery would still ``saferepr`` a
-    return value).  :func:`eventlib.process` and :func:`run_handler` return
-    the :class:`~eventlib.processing.ProcessResult` for callers that want it.
+    return value).  :func:`eventlib.process`, which it runs with its app,
+    returns the :class:`~eventlib.processing.ProcessResult` for callers that
+    want it.
     """
     try:
-        run_handler(name, payload, None, 1, app=self.app)
+        processing.process(name, payload, app=self.app)
     finally:
         _count_event()
 
@@ -75,9 +75,9 @@ def process_batch(self: Task, events: list[list[str]]) -> None:
     """
     for name, payload in events:
         try:
-            run_handler(name, payload, None, 1, app=self.app)
+            processing.process(name, payload, app=self.app)
         except Exception:
-            pass  # logged and recorded as a dead letter by run_handler
+            pass  # logged and recorded as a dead letter by process()
         finally:
             _count_event()
 
@@ -101,10 +101,11 @@ def retry_handler(
     ``dead_letter``, the run retries that dead letter.
 
     Returns ``None``: the outcome is in the logs, the counters and the dead
-    letters.  :func:`run_handler` returns the
-    :class:`~eventlib.processing.ProcessResult` for callers that want it.
+    letters.  :func:`eventlib.processing.retry_handler`, which it runs with
+    its app, returns the :class:`~eventlib.processing.ProcessResult` for
+    callers that want it.
     """
-    run_handler(name, payload, handler, attempt, dead_letter=dead_letter, app=self.app)
+    processing.retry_handler(name, payload, handler, attempt, dead_letter=dead_letter, app=self.app)
 
 
 def log_counters() -> None:

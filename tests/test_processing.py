@@ -12,7 +12,7 @@ import pytest
 
 import eventlib
 from eventlib import deadletters, sending
-from eventlib.processing import HandlerFailure, ProcessResult, run_handler
+from eventlib.processing import HandlerFailure, ProcessResult
 from eventlib.serialization import serialize_event
 
 SHOP_EVENTS = """
@@ -551,7 +551,7 @@ def test_what_the_celery_task_runs_gives_the_result_as_a_dict(shop):
     event_id, payload = payload_of(shop.Refund, {"declined": True})
 
     # What the task runs; it returns None.
-    result = run_handler("shop.Refund", payload, None, 1, app=sending.celery_app())
+    result = eventlib.process("shop.Refund", payload, app=sending.celery_app())
 
     assert result.as_dict() == {
         "name": "shop.Refund",

@@ -17,7 +17,7 @@ from celery.signals import worker_process_shutdown
 
 import eventlib
 from eventlib import deadletters, metrics, tasks
-from eventlib.processing import HandlerFailure, run_handler
+from eventlib.processing import HandlerFailure, retry_handler
 from eventlib.sending import celery_app
 from eventlib.serialization import serialize_event
 
@@ -219,6 +219,28 @@ def test_process_called_directly_runs_the_retries_here_without_a_broker(shop):
     ]
 
 
+def test_a_whole_event_dead_letter_retried_runs_its_handlers_with_all_their_retries(
+    shop, isolation
+):
+    payload = serialize_event(shop.Refund({"order_id": 1}))
+    with pytest.raises(eventlib.EventNotFound):
+        eventlib.process("shop.Gone", payload)
+    [letter] = deadletters.list_dead_letters()
+    assert letter.attempts == 1
+
+    isolation.write("shop/events.py", SHOP_EVENTS + "\n    class Gone(Refund):\n        pass\n")
+    shop = importlib.import_module("shop.events")
+    result = deadletters.retry(letter.id, here=True)  # its run 2
+
+    # As for a new event: the first run and 2 retries, whatever the dead
+    # letter's attempts were.
+    assert result.retrying == ("shop.events.Refund.flaky", "shop.events.Refund.broken")
+    assert (Counter(shop.RUNS)["flaky"], Counter(shop.RUNS)["broken"]) == (3, 3)
+    assert letters() == [
+        ("shop.Gone", "shop.events.Refund.broken", 3, "RuntimeError: broken, run 3")
+    ]
+
+
 def test_the_test_recorder_runs_retries_in_the_test(shop):
     from eventlib.testing import capture_events
 
@@ -240,7 +262,7 @@ def test_a_failed_handler_is_sent_alone_to_run_later_on_eventlib_s_queue(shop, m
 
     sent_at = datetime.now(UTC)
     # What the worker's task eventlib.process runs (the task returns None).
-    result = run_handler("shop.Refund", payload, None, 1, app=memory_app)
+    result = eventlib.process("shop.Refund", payload, app=memory_app)
 
     assert Counter(shop.RUNS) == Counter(ledger=1, flaky=1, broken=1, fragile=1, notify=1)
     assert result.retrying == ("shop.events.Refund.flaky", "shop.events.Refund.broken")
@@ -264,7 +286,7 @@ def test_the_retry_task_runs_only_its_handler_until_the_last_retry(shop, memory_
     payload = serialize_event(shop.Refund({"order_id": 1}))
 
     # What the worker's task eventlib.retry_handler runs (the task returns None).
-    second = run_handler("shop.Refund", payload, "shop.events.Refund.broken", 2, app=memory_app)
+    second = retry_handler("shop.Refund", payload, "shop.events.Refund.broken", 2, app=memory_app)
 
     assert shop.RUNS == ["broken"]
     assert second.as_dict()["failed"] == (
@@ -277,7 +299,7 @@ def test_the_retry_task_runs_only_its_handler_until_the_last_retry(shop, memory_
     delay = (datetime.fromisoformat(message.headers["eta"]) - datetime.now(UTC)).total_seconds()
     assert 4.5 - 1 <= delay <= 13.5, delay  # backoff ** 2 = 9 seconds, times 0.5 to 1.5
 
-    third = run_handler(*args, app=memory_app)
+    third = retry_handler(*args, app=memory_app)
 
     assert shop.RUNS == ["broken", "broken"]
     assert third.retrying == ()
@@ -318,7 +340,7 @@ def test_a_retry_that_succeeds_leaves_nothing_behind(shop, memory_app):
     payload = serialize_event(shop.Refund({"order_id": 1}))
     shop.RUNS.extend(["flaky", "flaky"])  # it failed twice already
 
-    result = run_handler("shop.Refund", payload, "shop.events.Refund.flaky", 3, app=memory_app)
+    result = retry_handler("shop.Refund", payload, "shop.events.Refund.flaky", 3, app=memory_app)
 
     assert result.succeeded == ("shop.events.Refund.flaky",)
     assert (result.failed, result.retrying) == ((), ())
@@ -329,7 +351,7 @@ def test_a_retry_that_succeeds_leaves_nothing_behind(shop, memory_app):
 def test_a_retry_of_a_handler_that_no_longer_exists_is_a_dead_letter(shop, caplog):
     payload = serialize_event(shop.Refund({"order_id": 1}))
 
-    result = run_handler("shop.Refund", payload, "shop.events.Refund.renamed", 2)
+    result = retry_handler("shop.Refund", payload, "shop.events.Refund.renamed", 2)
 
     reason = "the event shop.Refund has no handler named shop.events.Refund.renamed"
     assert result.failed == (HandlerFailure("shop.events.Refund.renamed", reason),)
@@ -347,7 +369,7 @@ def test_a_retry_that_cannot_be_sent_becomes_a_dead_letter(shop):
 
     started = time.monotonic()
     # What the worker's task eventlib.process runs (the task returns None).
-    result = run_handler("shop.Refund", payload, None, 1, app=celery_app())
+    result = eventlib.process("shop.Refund", payload, app=celery_app())
 
     assert time.monotonic() - started < 10
     assert result.retrying == ()
