@@ -473,6 +473,8 @@ def _list_settings() -> str:
             width=79,
             initial_indent="    - ",
             subsequent_indent="      ",
+            break_long_words=False,
+            break_on_hyphens=False,
         )
         for name, setting in _FIELDS.items()
     )
