@@ -1,7 +1,8 @@
 # The README's two commands: `make demo` (set up, then run the demo) and
-# `make test` (set up, then the whole test suite).  `make bench` rewrites the
-# tables of docs/benchmarks.md and its chart; `make drill` runs the outage
-# drill of docs/reliability.md.
+# `make test` (set up, `make lint`, then the whole test suite).  `make lint`
+# runs ruff and mypy (on what pyproject.toml's [tool.mypy] names).
+# `make bench` rewrites the tables of docs/benchmarks.md and its chart;
+# `make drill` runs the outage drill of docs/reliability.md.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,6 +23,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/pytest
@@ -31,7 +33,7 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache eventlib-*.sqlite*
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache eventlib-*.sqlite*
 
 # `make bench ARGS=--quick` for a smoke run; ARGS go to benchmarks.run.
 bench: $(VENV)/.bench-installed

@@ -199,7 +199,7 @@ def events(as_json: bool) -> None:
     apps = _require_apps()
     with _errors_as_exit_codes():
         autodiscover(apps)
-    listing = [
+    listing: list[dict[str, Any]] = [
         {"name": event.name, "handlers": [handler_name(h) for h in HANDLER_REGISTRY[event]]}
         for event in HANDLER_REGISTRY
         if event.__module__ in {f"{app}.{EVENTS_MODULE}" for app in apps}
@@ -363,7 +363,7 @@ _AGE = re.compile(r"(\d+)\s*([smhdw])")
 _AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-class _Since(click.ParamType):
+class _Since(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.5 on
     """A time: ISO 8601 (``2025-03-01``, ``2025-03-01 14:00``, UTC unless it
     has an offset) or an age (``30m``, ``2h``, ``7d``: that long ago)."""
 

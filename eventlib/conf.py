@@ -4,6 +4,12 @@ environment.
 A value given to :func:`configure` wins over the environment, which wins over
 the default.  The environment is read once, the first time a setting is used;
 :func:`configure` (with or without arguments) reads it again.
+
+Each setting is declared once, as a field of :class:`Settings`: its type, its
+default, its kind (how its ``EVENTLIB_<NAME>`` variable is parsed and what
+``configure()`` accepts) and one line of documentation.  The environment
+parsing, the checks of ``configure()``, its docstring and the Django settings
+(:mod:`eventlib.contrib.django`) all follow from the fields.
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import textwrap
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any, NamedTuple, TypeVar, overload
 
 from .exceptions import ConfigurationError
 
@@ -22,65 +29,19 @@ ENV_PREFIX = "EVENTLIB_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
+DISPATCH_MODES = ("background", "spool", "direct")
 
-@dataclass(frozen=True)
-class Settings:
-    """The settings in force.  Read them with :func:`get_settings`,
-    change them with :func:`configure`."""
+_T = TypeVar("_T")
 
-    #: Run handlers in the calling process, through the same serialization
-    #: round trip a worker would see, instead of sending to a broker.
-    always_eager: bool = False
-    #: Raise a ``ValidationError`` from ``log()`` instead of logging it.
-    #: ``None`` means "the same as ``always_eager``".
-    raise_errors: bool | None = None
-    #: Packages whose ``events`` module :func:`eventlib.autodiscover` imports.
-    apps: tuple[str, ...] = ()
-    #: Broker of the Celery app eventlib creates when no ``celery_app`` is given.
-    broker_url: str | None = None
-    #: The Celery queue events are sent to.
-    queue: str = "eventlib"
-    #: Seconds ``log()`` may wait for the broker (connecting, then each
-    #: socket operation) before it keeps the event in the spool instead.
-    broker_timeout: float = 2.0
-    #: Extra ``broker_transport_options`` for eventlib's own Celery app (for
-    #: Redis, ``visibility_timeout``); JSON in the environment.
-    broker_transport_options: Mapping[str, Any] = field(default_factory=dict)
-    #: Make ``log()`` wait for the current database transaction to commit
-    #: before sending (needs a transaction hook, see ``eventlib.contrib.django``).
-    on_commit: bool = False
-    #: The SQLite file ``log()`` keeps events in while the broker cannot take
-    #: them (relative paths are from the working directory).
-    spool_path: str = "eventlib-spool.sqlite"
-    #: While the broker is known to be down, ``log()`` tries it again at most
-    #: this often, in seconds; between tries events go straight to the spool.
-    spool_probe_interval: float = 5.0
-    #: SQLAlchemy URL of the database that keeps dead letters.
-    dead_letter_url: str = "sqlite:///eventlib-dead-letters.sqlite"
-    #: How ``log()`` hands events to the broker: ``"background"`` (a buffer
-    #: in memory, published by a thread), ``"spool"`` (the spool file,
-    #: published by a thread) or ``"direct"`` (published in the caller); see
-    #: :mod:`eventlib.sending`.
-    dispatch: str = "background"
-    #: How many events the buffer of the ``background`` mode holds at most;
-    #: when it is full, ``log()`` writes to the spool instead.
-    buffer_size: int = 10_000
-    #: How many events one broker message carries at most.
-    batch_size: int = 100
-    #: How many bytes of payload one broker message carries at most (a
-    #: larger event goes alone).
-    batch_bytes: int = 512 * 1024
-    #: A Celery app of the user's; when ``None`` eventlib creates its own.
-    #: ``configure()`` and ``EVENTLIB_CELERY_APP`` also take its import path,
-    #: ``"proj.celery.app"`` or ``"proj.celery:app"`` (see
-    #: :func:`import_celery_app`).
-    celery_app: Any = field(default=None, compare=False)
 
-    @property
-    def should_raise(self) -> bool:
-        """Whether ``log()`` raises validation errors (``raise_errors``,
-        defaulting to ``always_eager``)."""
-        return self.always_eager if self.raise_errors is None else self.raise_errors
+class _Kind(NamedTuple):
+    """How a setting is read from its ``EVENTLIB_<NAME>`` variable
+    (``parse(name, text)``) and checked when given to :func:`configure`
+    (``check(name, value)``, which returns the value to keep).  Both raise
+    :class:`ConfigurationError`."""
+
+    parse: Callable[[str, str], Any]
+    check: Callable[[str, Any], Any]
 
 
 def _parse_bool(name: str, text: str) -> bool:
@@ -95,16 +56,50 @@ def _parse_bool(name: str, text: str) -> bool:
     )
 
 
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
 def _parse_optional_bool(name: str, text: str) -> bool | None:
     return None if text.strip() == "" else _parse_bool(name, text)
 
 
-def _parse_apps(name: str, text: str) -> tuple[str, ...]:
+def _check_optional_bool(name: str, value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True, False or None, not {value!r}")
+    return value
+
+
+def _parse_packages(name: str, text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _check_packages(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ConfigurationError(f"{name} must be a list of package names, not {value!r}")
+    packages = tuple(value)
+    for package in packages:
+        if not isinstance(package, str) or not package:
+            raise ConfigurationError(f"{name} must hold package names, not {package!r}")
+    return packages
 
 
 def _parse_text(name: str, text: str) -> str:
     return text.strip()
+
+
+def _check_text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{name} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _check_optional_text(name: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a string, not {value!r}")
+    return value
 
 
 def _parse_json_object(name: str, text: str) -> dict[str, Any]:
@@ -115,6 +110,12 @@ def _parse_json_object(name: str, text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigurationError(f"{ENV_PREFIX}{name.upper()}={text!r} is not a JSON object")
     return value
+
+
+def _check_mapping(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{name} must be a dict, not {value!r}")
+    return dict(value)
 
 
 def _parse_seconds(name: str, text: str) -> float:
@@ -129,10 +130,13 @@ def _parse_seconds(name: str, text: str) -> float:
     return seconds
 
 
-DISPATCH_MODES = ("background", "spool", "direct")
+def _check_seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
 
 
-def _parse_dispatch(name: str, text: str) -> str:
+def _parse_dispatch_mode(name: str, text: str) -> str:
     mode = text.strip().lower()
     if mode not in DISPATCH_MODES:
         raise ConfigurationError(
@@ -140,6 +144,14 @@ def _parse_dispatch(name: str, text: str) -> str:
             f"{', '.join(DISPATCH_MODES)}"
         )
     return mode
+
+
+def _check_dispatch_mode(name: str, value: Any) -> str:
+    if value not in DISPATCH_MODES:
+        raise ConfigurationError(
+            f"{name} must be one of {', '.join(map(repr, DISPATCH_MODES))}, not {value!r}"
+        )
+    return str(value)
 
 
 def _parse_count(name: str, text: str) -> int:
@@ -150,6 +162,12 @@ def _parse_count(name: str, text: str) -> int:
     if count < 1:
         raise ConfigurationError(f"{ENV_PREFIX}{name.upper()}={text!r} is not a positive integer")
     return count
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
+    return value
 
 
 def import_celery_app(path: str, setting: str) -> Any:
@@ -194,66 +212,176 @@ def _parse_celery_app(name: str, text: str) -> Any:
     return import_celery_app(text.strip(), f"{ENV_PREFIX}{name.upper()}={text!r}")
 
 
-_FROM_ENV: dict[str, Callable[[str, str], Any]] = {
-    "always_eager": _parse_bool,
-    "raise_errors": _parse_optional_bool,
-    "apps": _parse_apps,
-    "broker_url": _parse_text,
-    "queue": _parse_text,
-    "broker_timeout": _parse_seconds,
-    "broker_transport_options": _parse_json_object,
-    "on_commit": _parse_bool,
-    "spool_path": _parse_text,
-    "spool_probe_interval": _parse_seconds,
-    "dead_letter_url": _parse_text,
-    "dispatch": _parse_dispatch,
-    "buffer_size": _parse_count,
-    "batch_size": _parse_count,
-    "batch_bytes": _parse_count,
-    "celery_app": _parse_celery_app,
-}
-
-_NAMES = frozenset(f.name for f in fields(Settings))
-
-
-def _check(name: str, value: Any) -> Any:
-    """Normalise a value given to ``configure()``, refusing what cannot work."""
-    if name in ("always_eager", "on_commit") and not isinstance(value, bool):
-        raise ConfigurationError(f"{name} must be True or False, not {value!r}")
-    if name == "raise_errors" and value is not None and not isinstance(value, bool):
-        raise ConfigurationError(f"raise_errors must be True, False or None, not {value!r}")
-    if name == "apps":
-        if isinstance(value, str) or not isinstance(value, Iterable):
-            raise ConfigurationError(f"apps must be a list of package names, not {value!r}")
-        value = tuple(value)
-        for app in value:
-            if not isinstance(app, str) or not app:
-                raise ConfigurationError(f"apps must hold package names, not {app!r}")
-    if name == "queue" and (not isinstance(value, str) or not value):
-        raise ConfigurationError(f"queue must be a non-empty string, not {value!r}")
-    if name == "broker_url" and value is not None and not isinstance(value, str):
-        raise ConfigurationError(f"broker_url must be a string, not {value!r}")
-    if name == "broker_transport_options":
-        if not isinstance(value, Mapping):
-            raise ConfigurationError(f"broker_transport_options must be a dict, not {value!r}")
-        value = dict(value)
-    if name in ("broker_timeout", "spool_probe_interval"):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
-        value = float(value)
-    if name in ("spool_path", "dead_letter_url") and (not isinstance(value, str) or not value):
-        raise ConfigurationError(f"{name} must be a non-empty string, not {value!r}")
-    if name == "dispatch" and value not in DISPATCH_MODES:
-        raise ConfigurationError(
-            f"dispatch must be one of {', '.join(map(repr, DISPATCH_MODES))}, not {value!r}"
-        )
-    if name in ("buffer_size", "batch_size", "batch_bytes") and (
-        isinstance(value, bool) or not isinstance(value, int) or value < 1
-    ):
-        raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
-    if name == "celery_app" and isinstance(value, str):
-        value = import_celery_app(value, f"celery_app={value!r}")
+def _check_celery_app(name: str, value: Any) -> Any:
+    if isinstance(value, str):
+        return import_celery_app(value, f"{name}={value!r}")
     return value
+
+
+#: ``true`` or ``false`` (also ``1``/``0``, ``yes``/``no``, ``on``/``off``).
+_BOOLEAN = _Kind(_parse_bool, _check_bool)
+#: A boolean, or ``None`` (an empty variable).
+_OPTIONAL_BOOLEAN = _Kind(_parse_optional_bool, _check_optional_bool)
+#: Package names: comma-separated in the environment, any iterable in code.
+_PACKAGES = _Kind(_parse_packages, _check_packages)
+#: A non-empty string.
+_TEXT = _Kind(_parse_text, _check_text)
+#: A string, or ``None``.
+_OPTIONAL_TEXT = _Kind(_parse_text, _check_optional_text)
+#: A mapping: a JSON object in the environment.
+_JSON_OBJECT = _Kind(_parse_json_object, _check_mapping)
+#: A positive number of seconds, kept as a float.
+_SECONDS = _Kind(_parse_seconds, _check_seconds)
+#: One of :data:`DISPATCH_MODES`.
+_DISPATCH_MODE = _Kind(_parse_dispatch_mode, _check_dispatch_mode)
+#: A positive integer.
+_COUNT = _Kind(_parse_count, _check_count)
+#: A Celery app, or its import path (imported, :func:`import_celery_app`).
+_CELERY_APP = _Kind(_parse_celery_app, _check_celery_app)
+
+
+@overload
+def _setting(default: _T, *, kind: _Kind, doc: str, compare: bool = True) -> _T: ...
+@overload
+def _setting(*, factory: Callable[[], _T], kind: _Kind, doc: str) -> _T: ...
+def _setting(
+    default: Any = MISSING,
+    *,
+    factory: Any = MISSING,
+    kind: _Kind,
+    doc: str,
+    compare: bool = True,
+) -> Any:
+    """A field of :class:`Settings`: a setting, with its default (or the
+    ``factory`` of its default), its kind and one line of documentation."""
+    return field(
+        default=default,
+        default_factory=factory,
+        compare=compare,
+        metadata={"kind": kind, "doc": doc},
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings in force.  Read them with :func:`get_settings`,
+    change them with :func:`configure`.
+
+    Each field declares a setting: its type, its default, its kind (how
+    ``EVENTLIB_<NAME>`` is parsed, what ``configure()`` accepts) and one line
+    of documentation.  A new setting is a new field here, and a line in
+    README.md and in docs/django.md (tests/test_settings_docs.py checks both).
+    """
+
+    always_eager: bool = _setting(
+        False,
+        kind=_BOOLEAN,
+        doc="Run handlers in the calling process, through the same serialization "
+        "round trip a worker would see, instead of sending to a broker.",
+    )
+    raise_errors: bool | None = _setting(
+        None,
+        kind=_OPTIONAL_BOOLEAN,
+        doc="Raise a ``ValidationError`` from ``log()`` instead of logging it; "
+        "``None`` means the same as ``always_eager``.",
+    )
+    apps: tuple[str, ...] = _setting(
+        (),
+        kind=_PACKAGES,
+        doc="Packages whose ``events`` module :func:`eventlib.autodiscover` imports.",
+    )
+    broker_url: str | None = _setting(
+        None,
+        kind=_OPTIONAL_TEXT,
+        doc="Broker of the Celery app eventlib creates when no ``celery_app`` is given.",
+    )
+    queue: str = _setting(
+        "eventlib",
+        kind=_TEXT,
+        doc="The Celery queue events are sent to.",
+    )
+    broker_timeout: float = _setting(
+        2.0,
+        kind=_SECONDS,
+        doc="Seconds ``log()`` may wait for the broker (connecting, then each socket "
+        "operation) before it keeps the event in the spool instead.",
+    )
+    broker_transport_options: Mapping[str, Any] = _setting(
+        factory=dict,
+        kind=_JSON_OBJECT,
+        doc="Extra ``broker_transport_options`` for eventlib's own Celery app "
+        "(for Redis, ``visibility_timeout``); JSON in the environment.",
+    )
+    on_commit: bool = _setting(
+        False,
+        kind=_BOOLEAN,
+        doc="Make ``log()`` wait for the current database transaction to commit before "
+        "sending (needs a transaction hook, see ``eventlib.contrib.django``).",
+    )
+    spool_path: str = _setting(
+        "eventlib-spool.sqlite",
+        kind=_TEXT,
+        doc="The SQLite file ``log()`` keeps events in while the broker cannot take "
+        "them (relative paths are from the working directory).",
+    )
+    spool_probe_interval: float = _setting(
+        5.0,
+        kind=_SECONDS,
+        doc="While the broker is known to be down, ``log()`` tries it again at most "
+        "this often, in seconds; between tries events go straight to the spool.",
+    )
+    dead_letter_url: str = _setting(
+        "sqlite:///eventlib-dead-letters.sqlite",
+        kind=_TEXT,
+        doc="SQLAlchemy URL of the database that keeps dead letters.",
+    )
+    dispatch: str = _setting(
+        "background",
+        kind=_DISPATCH_MODE,
+        doc="How ``log()`` hands events to the broker: ``background`` (a buffer in "
+        "memory, published by a thread), ``spool`` (the spool file, published by a "
+        "thread) or ``direct`` (published in the caller); see :mod:`eventlib.sending`.",
+    )
+    buffer_size: int = _setting(
+        10_000,
+        kind=_COUNT,
+        doc="How many events the buffer of the ``background`` mode holds at most; "
+        "when it is full, ``log()`` writes to the spool instead.",
+    )
+    batch_size: int = _setting(
+        100,
+        kind=_COUNT,
+        doc="How many events one broker message carries at most.",
+    )
+    batch_bytes: int = _setting(
+        512 * 1024,
+        kind=_COUNT,
+        doc="How many bytes of payload one broker message carries at most (a larger "
+        "event goes alone).",
+    )
+    celery_app: Any = _setting(
+        None,
+        kind=_CELERY_APP,
+        doc="A Celery app of the user's, or its import path (``proj.celery.app`` or "
+        "``proj.celery:app``, see :func:`import_celery_app`); when ``None`` "
+        "eventlib creates its own.",
+        compare=False,
+    )
+
+    @property
+    def should_raise(self) -> bool:
+        """Whether ``log()`` raises validation errors (``raise_errors``,
+        defaulting to ``always_eager``)."""
+        return self.always_eager if self.raise_errors is None else self.raise_errors
+
+
+_FIELDS = {setting.name: setting for setting in fields(Settings)}
+_NAMES = frozenset(_FIELDS)
+
+
+def _kind(name: str) -> _Kind:
+    kind: _Kind = _FIELDS[name].metadata["kind"]
+    return kind
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -265,10 +393,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """
     environ = os.environ if environ is None else environ
     values = {}
-    for name, parse in _FROM_ENV.items():
+    for name in _FIELDS:
         key = ENV_PREFIX + name.upper()
         if environ.get(key, "").strip():  # an empty variable means unset
-            values[name] = parse(name, environ[key])
+            values[name] = _kind(name).parse(name, environ[key])
     return Settings(**values)
 
 
@@ -293,7 +421,7 @@ class _SettingsHolder:
                 f"unknown setting(s): {', '.join(unknown)}; "
                 f"eventlib knows {', '.join(sorted(_NAMES))}"
             )
-        checked = {name: _check(name, value) for name, value in values.items()}
+        checked = {name: _kind(name).check(name, value) for name, value in values.items()}
         overrides = {**self._overrides, **checked}
         new = replace(settings_from_env(), **overrides)
         self._overrides = overrides
@@ -323,17 +451,37 @@ def get_settings() -> Settings:
 def configure(**values: Any) -> Settings:
     """Change settings in code and return the settings now in force.
 
-    Accepts ``always_eager``, ``raise_errors``, ``apps``, ``broker_url``,
-    ``queue``, ``broker_timeout``, ``broker_transport_options``,
-    ``on_commit``, ``spool_path``, ``spool_probe_interval``,
-    ``dead_letter_url``, ``dispatch``, ``buffer_size``, ``batch_size``,
-    ``batch_bytes`` and ``celery_app`` (a Celery app or its import path,
-    ``"proj.celery.app"``).  Settings not named keep the value they had
-    (from an earlier call, the environment or the default); the environment is
-    read again.  An unknown name or a value of the wrong type raises
+    Settings not named keep the value they had (from an earlier call, the
+    environment or the default); the environment is read again.  An unknown
+    name or a value of the wrong type raises
     :class:`~eventlib.ConfigurationError` and changes nothing.
+
+    The settings (the fields of :class:`Settings`), each also read from the
+    environment variable ``EVENTLIB_<NAME>``:
     """
     return _holder.configure(values)
+
+
+def _list_settings() -> str:
+    """The settings with their defaults and documentation, as a list for a
+    docstring."""
+    defaults = Settings()
+    return "".join(
+        "\n"
+        + textwrap.fill(
+            f"``{name}`` (default ``{getattr(defaults, name)!r}``): {setting.metadata['doc']}",
+            width=79,
+            initial_indent="    - ",
+            subsequent_indent="      ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        for name, setting in _FIELDS.items()
+    )
+
+
+if configure.__doc__ is not None:  # None under ``python -OO``
+    configure.__doc__ += _list_settings() + "\n"
 
 
 def reset() -> None:

@@ -152,9 +152,10 @@ def record(
         "failed_at": datetime.now(UTC),
     }
     with _engine().begin() as connection:
-        new_id = connection.execute(insert(TABLE).values(values)).inserted_primary_key[0]
+        inserted = connection.execute(insert(TABLE).values(values)).inserted_primary_key
+    assert inserted is not None  # always set by an INSERT of one row
     metrics.increment("dead_letters")
-    return int(new_id)
+    return int(inserted[0])
 
 
 def list_dead_letters(

@@ -107,8 +107,9 @@ def _import_event(parsed: EventName) -> type[BaseEvent]:
             raise
         raise not_found from error
     candidate = getattr(module, parsed.event, None)
-    is_event = isinstance(candidate, type) and issubclass(candidate, BaseEvent)
-    if not is_event or candidate is BaseEvent:
+    if not (isinstance(candidate, type) and issubclass(candidate, BaseEvent)):
+        raise not_found
+    if candidate is BaseEvent:
         raise not_found
     return candidate
 

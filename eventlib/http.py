@@ -575,7 +575,8 @@ def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
     """
     length = content_length(environ, limit)
     if length is not None:
-        return environ["wsgi.input"].read(length) if length else b""  # type: ignore[no-any-return]
+        body: bytes = environ["wsgi.input"].read(length) if length else b""
+        return body
     if environ.get("wsgi.input_terminated"):
         return _read_to_end(environ["wsgi.input"], limit)
     if environ.get("HTTP_TRANSFER_ENCODING"):

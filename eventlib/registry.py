@@ -289,7 +289,7 @@ class HandlerRegistry(Mapping["type[BaseEvent]", "list[Callable[..., Any]]"]):
         raise KeyError(f"the event {event_class.name} has no handler named {name}")
 
     def _resolve(
-        self, event_class: type
+        self, event_class: type[BaseEvent]
     ) -> tuple[tuple[Callable[..., Any], ...], tuple[HandlerOptions, ...]]:
         try:
             return self._resolved[event_class]

@@ -52,7 +52,7 @@ from types import FrameType
 from typing import Any
 
 from celery import Celery
-from kombu import Connection
+from kombu.connection import Connection
 from kombu.pools import ProducerPool
 from kombu.utils.url import maybe_sanitize_url
 
@@ -275,6 +275,7 @@ class Sender:
         with self._producers(app).acquire(block=True, timeout=settings.broker_timeout) as producer:
             if unless_circuit_open and self.circuit.is_open:
                 return False
+            args: tuple[Any, ...]
             if len(events) == 1:
                 name, event_id, payload = events[0]
                 task, args, task_id = PROCESS_TASK, (name, payload), event_id
@@ -554,7 +555,7 @@ class Sender:
         (JSON only, ``broker_url``, results ignored)."""
         settings = get_settings()
         if settings.celery_app is not None:
-            return settings.celery_app  # type: ignore[no-any-return]
+            return settings.celery_app
         app = self._own_app
         if app is None:
             with self._lock:

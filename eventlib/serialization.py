@@ -54,7 +54,11 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # Strings (their escapes included) and brackets of JSON text.
 _JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 # The base type's own conversion: str() of a (str, Enum) member is "Cls.NAME".
-_PLAIN_CONVERSIONS = ((int, int.__index__), (float, float.__float__), (str, str.__str__))
+_PLAIN_CONVERSIONS: tuple[tuple[type, Callable[[Any], Any]], ...] = (
+    (int, int.__index__),
+    (float, float.__float__),
+    (str, str.__str__),
+)
 
 
 @dataclass(frozen=True)

@@ -390,7 +390,7 @@ def _holds(actual: Any, expected: Any) -> bool:
         return isinstance(actual, dict) and all(
             key in actual and _holds(actual[key], value) for key, value in expected.items()
         )
-    return actual == expected
+    return bool(actual == expected)
 
 
 def _wanted(name: str, expected: Any, partial: bool) -> str:

@@ -117,6 +117,16 @@ def test_reset_forgets_overrides():
     assert get_settings() == Settings()
 
 
+def test_configure_documents_every_setting_with_its_default():
+    documentation = " ".join(eventlib.configure.__doc__.split())
+    defaults = Settings()
+
+    for setting in fields(Settings):
+        name = setting.name
+        assert f"``{name}`` (default ``{getattr(defaults, name)!r}``): " in documentation
+        assert " ".join(setting.metadata["doc"].split()) in documentation
+
+
 def test_unknown_setting_is_refused_and_the_known_ones_listed():
     with pytest.raises(ConfigurationError) as raised:
         eventlib.configure(broker="memory://")

@@ -35,11 +35,13 @@ class Channel(sqlalchemy.Channel):
         with self._session_lock:
             super()._new_queue(queue, **kwargs)
 
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    # The signatures of kombu's SQLAlchemy channel, which are narrower than
+    # those of kombu's abstract channel.
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         with self._session_lock:
             super()._put(queue, payload, **kwargs)
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: str) -> Any:  # type: ignore[override]
         with self._session_lock:
             payload = super()._get(queue)
             self._taken += 1
@@ -49,11 +51,11 @@ class Channel(sqlalchemy.Channel):
 
     def _purge(self, queue: str) -> int:
         with self._session_lock:
-            return super()._purge(queue)
+            return int(super()._purge(queue))
 
     def _size(self, queue: str) -> int:
         with self._session_lock:
-            return super()._size(queue)
+            return int(super()._size(queue))
 
     def _delete_taken(self) -> None:
         message = self.message_cls

@@ -233,13 +233,14 @@ def _read_body(request: HttpRequest, limit: int) -> bytes:
         # Django's own stream of it is empty; wsgi.input is still unread.
         request._body = http.read_body(request.META, limit)
     try:
-        return request.body
+        body: bytes = request.body
     except RequestDataTooBig:  # DATA_UPLOAD_MAX_MEMORY_SIZE is below max_body
         raise BodyTooLarge(limit) from None
     except RawPostDataException:
         # A middleware read a multipart body through request.POST; such a
         # body is refused (415) for its content type anyway.
         return b""
+    return body
 
 
 def _without_csrf_token(body: bytes) -> tuple[bytes, bool]:
