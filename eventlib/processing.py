@@ -299,8 +299,9 @@ def _on_failure(
     metrics.increment("handler_failures")
     name = handler_name(function)
     options = HANDLER_REGISTRY.options_of(type(event), function)
+    retries = options.retries or 0  # options_of() always sets it
     log = run.log(name)
-    if run.dead_letter is None and run.attempt <= options.retries:
+    if run.dead_letter is None and run.attempt <= retries:
         delay = options.delay(run.attempt)
         log.warning(
             "Handler %s failed on event %s (id %s), attempt %d of %d; it runs again in %.1fs",
@@ -308,7 +309,7 @@ def _on_failure(
             run.name,
             event.id,
             run.attempt,
-            options.retries + 1,
+            retries + 1,
             delay,
             exc_info=error,
         )
