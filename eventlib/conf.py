@@ -359,6 +359,12 @@ class Settings:
         doc="How many bytes of payload one broker message carries at most (a larger "
         "event goes alone).",
     )
+    worker_consumes_queue: bool = _setting(
+        True,
+        kind=_BOOLEAN,
+        doc="A Celery worker started without ``-Q``, in which eventlib's tasks are "
+        "registered, consumes ``queue`` too.",
+    )
     celery_app: Any = _setting(
         None,
         kind=_CELERY_APP,

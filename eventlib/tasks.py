@@ -16,7 +16,13 @@ import logging
 from typing import Any
 
 from celery import Task, shared_task
-from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    celeryd_after_setup,
+    celeryd_init,
+    worker_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 from celery.utils.imports import cwd_in_path
 
 from . import metrics, processing
@@ -118,6 +124,51 @@ def log_counters() -> None:
         " ".join(f"{name}={value}" for name, value in counts.items()),
         extra={"eventlib_counters": counts},
     )
+
+
+#: The workers of this process started with ``-Q``, by host name.
+_chose_queues: set[str] = set()
+
+
+@celeryd_init.connect
+def _note_chosen_queues(sender: str, options: dict[str, Any] | None = None, **_: Any) -> None:
+    if options and options.get("queues"):
+        _chose_queues.add(sender)
+
+
+@celeryd_after_setup.connect
+def _consume_eventlib_queue(sender: str, instance: Any, **_: Any) -> None:
+    """A worker in which eventlib's tasks are registered consumes eventlib's
+    queue too, unless ``-Q`` chose its queues (then it only warns that
+    eventlib's is not among them) or the ``worker_consumes_queue`` setting
+    is off; it says so on the ``eventlib`` logger, before Celery's banner
+    lists the queues."""
+    settings = get_settings()
+    queues = instance.app.amqp.queues
+    consumed = sorted(queues.consume_from)
+    if settings.queue in consumed:
+        return
+    if sender in _chose_queues:
+        logger.warning(
+            "This worker consumes %s but not eventlib's queue %r: events sent there "
+            "wait for another worker (add it: -Q %s)",
+            ", ".join(consumed),
+            settings.queue,
+            ",".join([*consumed, settings.queue]),
+        )
+    elif settings.worker_consumes_queue:
+        queues.select_add(settings.queue)
+        logger.warning(
+            "This worker consumes eventlib's queue %r too, where events are sent "
+            "(EVENTLIB_WORKER_CONSUMES_QUEUE=0 leaves it to other workers)",
+            settings.queue,
+        )
+    else:
+        logger.warning(
+            "This worker does not consume eventlib's queue %r (worker_consumes_queue "
+            "is off): events sent there wait for another worker",
+            settings.queue,
+        )
 
 
 @worker_init.connect

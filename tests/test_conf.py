@@ -329,6 +329,7 @@ def test_every_setting_can_come_from_the_environment(isolation):
             "EVENTLIB_BUFFER_SIZE": "500",
             "EVENTLIB_BATCH_SIZE": "20",
             "EVENTLIB_BATCH_BYTES": "65536",
+            "EVENTLIB_WORKER_CONSUMES_QUEUE": "no",
             "EVENTLIB_CELERY_APP": "proj.celery:app",
         }
     )

@@ -109,3 +109,65 @@ def test_a_script_and_the_projects_worker_run_from_the_projects_folder(project, 
     assert project.records.runs_per_event("audit") == dict.fromkeys(ids, 1)
     assert "eventlib.process_batch" in worker.log
     assert not os.path.exists(isolation.root / "eventlib-spool.sqlite")
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_plain_celery_worker_consumes_eventlib_s_queue_and_says_so(project, isolation):
+    """``celery -A proj worker`` with no ``-Q``: Celery alone would consume
+    only its ``celery`` queue and leave every event waiting, silently."""
+    isolation.write("proj/__init__.py", USER_APP)
+    queue = project.settings["EVENTLIB_QUEUE"]
+    worker = Worker(
+        project.environment(),
+        project.tmp_path / "celery.log",
+        "proj",
+        command=["celery", "-A", "proj", "worker"],
+    )
+    project.workers.append(worker)
+    worker.wait_ready()
+    project.configure_here()
+
+    ids = [eventlib.log("shop.Purchase", {"sku": f"sku-{n}"}) for n in range(10)]
+
+    wait_for(
+        lambda: set(project.records.runs_per_event("audit")) == set(ids),
+        60,
+        f"every event to run; worker log:\n{worker.log}",
+    )
+    assert f"This worker consumes eventlib's queue '{queue}' too" in worker.log
+    assert f".> {queue}" in worker.log  # in Celery's banner
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_celery_worker_whose_queues_leave_out_eventlib_s_warns(project, isolation):
+    isolation.write("proj/__init__.py", USER_APP)
+    queue = project.settings["EVENTLIB_QUEUE"]
+    worker = Worker(
+        project.environment(),
+        project.tmp_path / "celery.log",
+        "proj",
+        command=["celery", "-A", "proj", "worker", "-Q", "celery"],
+    )
+    project.workers.append(worker)
+    worker.wait_ready()
+
+    assert (
+        f"This worker consumes celery but not eventlib's queue '{queue}': events sent "
+        f"there wait for another worker (add it: -Q celery,{queue})"
+    ) in worker.log
+    assert f".> {queue}" not in worker.log
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_setting_leaves_eventlib_s_queue_to_other_workers(project, isolation):
+    isolation.write("proj/__init__.py", USER_APP)
+    queue = project.settings["EVENTLIB_QUEUE"]
+    env = {**project.environment(), "EVENTLIB_WORKER_CONSUMES_QUEUE": "0"}
+    worker = Worker(
+        env, project.tmp_path / "celery.log", "proj", command=["celery", "-A", "proj", "worker"]
+    )
+    project.workers.append(worker)
+    worker.wait_ready()
+
+    assert f"This worker does not consume eventlib's queue '{queue}'" in worker.log
+    assert f".> {queue}" not in worker.log
