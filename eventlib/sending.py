@@ -129,6 +129,9 @@ class Sender:
         #: process killed during an outage leaves no claim behind.
         self._broker_answered = False
         self._recorders: list[Recorder] = []
+        #: Held while the publisher imports what it needs; a fork waits.
+        self._warming_up = threading.Lock()
+        self._fork_waited = False
         #: What a forked child must not touch, kept referenced rather than
         #: closed on its parent's behalf.
         self._inherited: list[object] = []
@@ -350,6 +353,8 @@ class Sender:
             _install_exit_hooks(self)
 
     def _run(self) -> None:
+        with self._warming_up:
+            self._warm_up()
         while not self._stopping:
             waiting = self.circuit.is_open or self._spool_waiting
             settings = get_settings()
@@ -364,6 +369,20 @@ class Sender:
                     logger.info("eventlib's publisher stopped by the exit: %r", error)
                 self._release_flush_marks()
                 time.sleep(min(1.0, settings.spool_probe_interval))
+
+    def _warm_up(self) -> None:
+        """Import what publishing needs (the broker's transport, Celery's
+        messaging) before the first publish, while a fork waits: a process
+        forked in the middle of an import would keep the module half
+        imported, and could never publish (see :meth:`before_fork`)."""
+        try:
+            app = self.app()
+            self._producers(app)
+            app.amqp  # noqa: B018 (Celery's messaging, imported when first used)
+            with app.connection_for_write() as connection:
+                connection.transport  # noqa: B018 (imports the transport)
+        except Exception:  # the first round reports it
+            logger.debug("eventlib's publisher could not prepare", exc_info=True)
 
     def _publish_round(self, settings: Settings) -> None:
         """Publish what waits: the spooled events first, then the buffer;
@@ -433,18 +452,29 @@ class Sender:
                 raise _Stopped
             self._publish_spooled(app, events)
 
+        # Cleared before the flush, so that an event spooled meanwhile, by
+        # a caller that sets them again, is not forgotten.
+        spooled_here = self._spooled_here
+        self._spool_waiting = self._spooled_here = False
+
+        def still_waiting() -> None:
+            self._spool_waiting = True
+            self._spooled_here = self._spooled_here or spooled_here
+
         try:
             if not self._broker_answered and spool.status().count:
                 check_broker(app)
             flushed = spool.flush(publish)
             status = spool.status()
         except _Stopped:
+            still_waiting()
             return True
         except SpoolError as error:
             logger.error("%s; the events in it wait until it can be read", error)
-            self._spool_waiting = True
+            still_waiting()
             return True
         except Exception as error:
+            still_waiting()
             self._trip(app, settings, error, None)
             return False
         if flushed:
@@ -461,7 +491,8 @@ class Sender:
                     "eventlib_published": flushed,
                 },
             )
-        self._spool_waiting = self._spooled_here = status.count > 0
+        if status.count:
+            still_waiting()
         return True
 
     def _release_flush_marks(self) -> None:
@@ -644,10 +675,20 @@ class Sender:
             thread.join(timeout)
         self._thread = None
 
+    def before_fork(self) -> None:
+        """Wait (a few seconds at most) until the publisher has imported
+        what it needs, so that the child has no half-imported module."""
+        self._fork_waited = self._warming_up.acquire(timeout=5.0)
+
+    def after_fork_in_parent(self) -> None:
+        if self._fork_waited:
+            self._warming_up.release()
+
     def after_fork(self) -> None:
         """In a forked child: the parent's thread, buffer, pools and
         connections are the parent's; start afresh."""
         self._lock = threading.RLock()
+        self._warming_up = threading.Lock()
         self._inherited.append(self._pools)
         self._pools = {}
         for spool in self._spools.values():
@@ -840,7 +881,11 @@ def _create_app(settings: Settings) -> Celery:
 #: The sending side of this process.
 sender = Sender()
 on_change(sender.reset)
-os.register_at_fork(after_in_child=sender.after_fork)
+os.register_at_fork(
+    before=sender.before_fork,
+    after_in_parent=sender.after_fork_in_parent,
+    after_in_child=sender.after_fork,
+)
 
 
 def celery_app() -> Celery:
