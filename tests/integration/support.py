@@ -76,10 +76,18 @@ def queue_exists(url: str, name: str) -> bool:
     raise ValueError(f"queue_exists() knows Redis and RabbitMQ, not {url}")
 
 
-def take_event_ids(url: str, queue: str, expected: int, timeout: float) -> list[str]:
+def take_event_ids(
+    url: str, queue: str, expected: int, timeout: float, *, until_empty: bool = False
+) -> list[str]:
     """Take messages from ``queue`` until they carry ``expected`` events
     (single ones and batches alike) and return their ids, in order; fail
-    after ``timeout`` seconds saying how many came."""
+    after ``timeout`` seconds saying how many came.
+
+    With ``until_empty``, go on taking, once ``expected`` events came, until
+    the queue is empty, and return every id taken, a duplicate as often as
+    it came: for a queue whose producers have all returned or died, so that
+    what they published is there already.
+    """
     from kombu import Connection
 
     from eventlib.serialization import deserialize_event
@@ -89,10 +97,12 @@ def take_event_ids(url: str, queue: str, expected: int, timeout: float) -> list[
     with Connection(url) as connection:
         simple = connection.SimpleQueue(queue)
         try:
-            while len(ids) < expected:
+            while until_empty or len(ids) < expected:
                 try:
                     message = simple.get(block=True, timeout=0.2)
                 except simple.Empty:
+                    if until_empty and len(ids) >= expected:
+                        break
                     if time.monotonic() > deadline:
                         pytest.fail(f"{len(ids)} of {expected} events reached {queue}")
                     continue
