@@ -751,8 +751,8 @@ _exit_hooks_installed = False
 
 
 def _install_exit_hooks(owner: Sender) -> None:
-    """Flush at interpreter exit, when a ``multiprocessing`` child ends (it
-    skips ``atexit``), and on ``SIGTERM`` when nothing else handles it."""
+    """Flush at interpreter exit, and when a ``multiprocessing`` child ends
+    (it skips ``atexit``); see also :func:`_flush_on_sigterm`."""
     global _exit_hooks_installed
     if not _exit_hooks_installed:
         _exit_hooks_installed = True
@@ -767,13 +767,22 @@ def _install_exit_hooks(owner: Sender) -> None:
 
     if multiprocessing.parent_process() is not None:
         multiprocessing.util.Finalize(owner, owner._flush_at_exit, exitpriority=100)
+
+
+def _flush_on_sigterm() -> None:
+    """Flush on ``SIGTERM``, which ends a process without its exit functions:
+    installed when eventlib is imported in the main thread and nothing
+    handles ``SIGTERM`` yet.  A server that handles it later (uvicorn,
+    gunicorn, Celery) keeps this handler as the one it restores and raises
+    again once it shut down gracefully, so the flush still runs then."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _flush_then_terminate)
 
 
 def _flush_then_terminate(signum: int, frame: FrameType | None) -> None:
-    """The ``SIGTERM`` handler: flush, then terminate as ``SIGTERM`` does."""
+    """The ``SIGTERM`` handler: flush what the process holds (nothing to do
+    when it logged nothing), then terminate as ``SIGTERM`` does."""
     sender._flush_at_exit()
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
@@ -881,6 +890,7 @@ def _create_app(settings: Settings) -> Celery:
 #: The sending side of this process.
 sender = Sender()
 on_change(sender.reset)
+_flush_on_sigterm()
 os.register_at_fork(
     before=sender.before_fork,
     after_in_parent=sender.after_fork_in_parent,

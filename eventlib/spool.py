@@ -26,6 +26,7 @@ pool) must not use its parent's SQLite connections: the owner of a
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -51,7 +52,8 @@ create table if not exists spool (
     spooled_at real not null,
     claimed_until real,
     broker text,
-    queue text
+    queue text,
+    claimed_by text
 )
 """
 #: The events of this spool's destination; those of a first-release spool
@@ -59,7 +61,9 @@ create table if not exists spool (
 _MINE = "(broker is null or (broker = ? and queue = ?))"
 #: Columns added since the first release, for spool files written by it
 #: (whose events, with no destination, go to whichever broker flushes them).
-_ADDED_COLUMNS = ("broker", "queue")
+_ADDED_COLUMNS = ("broker", "queue", "claimed_by")
+#: This host, as a claim names it (see :func:`_claimer_alive`).
+_HOST = socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -90,9 +94,10 @@ class SpoolStatus:
     """What waits in the spool for one destination.
 
     ``count`` events, the oldest ``oldest_age`` seconds old.  ``held_until``
-    is set while a publisher holds a batch of them (see :meth:`Spool.flush`):
-    the time (``time.time()``) its lease ends, until which no other publisher
-    takes any of them; one that crashed mid-flush holds them until then too.
+    is set while a live publisher holds a batch of the file (see
+    :meth:`Spool.flush`): the time (``time.time()``) its lease ends, until
+    which no other publisher takes any event of it.  A publisher of another
+    host that crashed mid-flush holds its batch until then too.
     ``elsewhere`` counts the events of the same file that wait for other
     destinations, by destination.
     """
@@ -196,27 +201,26 @@ class Spool:
             return SpoolStatus(0, None)
         now = time.time()
         with self._errors("be read"):
-            rows = (
-                self._connection()
-                .execute(
-                    "select broker, queue, count(*), min(spooled_at), "
-                    "max(case when claimed_until > ? then claimed_until end) "
-                    "from spool group by broker, queue",
-                    (now,),
-                )
-                .fetchall()
-            )
-        count, oldest, held_until = 0, None, None
+            connection = self._connection()
+            rows = connection.execute(
+                "select broker, queue, count(*), min(spooled_at) from spool group by broker, queue"
+            ).fetchall()
+            claims = connection.execute(
+                "select claimed_by, max(claimed_until) from spool "
+                "where claimed_until > ? group by claimed_by",
+                (now,),
+            ).fetchall()
+        count, oldest = 0, None
         elsewhere = []
-        for broker, queue, number, first, held in rows:
+        for broker, queue, number, first in rows:
             if self._is_mine(broker, queue):
                 count += number
                 oldest = first if oldest is None else min(oldest, first)
-                held_until = held if held_until is None else max(held_until, held or held_until)
             else:
                 elsewhere.append((Destination(broker, queue), number))
+        held = [until for claimer, until in claims if _claimer_alive(claimer)]
         age = None if oldest is None else max(0.0, now - oldest)
-        return SpoolStatus(count, age, held_until, tuple(elsewhere))
+        return SpoolStatus(count, age, max(held, default=None), tuple(elsewhere))
 
     def holds(self, seq: int) -> bool:
         """Whether the event of sequence number ``seq`` is still waiting."""
@@ -237,9 +241,11 @@ class Spool:
         ``publish(batch)`` returned; return how many were published.
 
         One publisher works on a spool file at a time: while another one
-        holds a batch (for at most :data:`LEASE_SECONDS`, also when it
-        crashed mid-flush), this publishes nothing more and returns;
-        :meth:`status` then tells until when the batch is held.  The first
+        holds a batch (for at most :data:`LEASE_SECONDS`), this publishes
+        nothing more and returns; :meth:`status` then tells until when the
+        batch is held.  The claim of a process of this host that is gone
+        (killed mid-flush) is taken over at once; another host's holds
+        until its lease ends.  The first
         exception of ``publish`` stops the flush, leaves that batch and the
         later events in the spool, and propagates.
         """
@@ -280,10 +286,10 @@ class Spool:
     def _claim(self) -> list[SpooledEvent]:
         now = time.time()
         with self._transaction() as connection:
-            held = connection.execute(
-                "select 1 from spool where claimed_until > ? limit 1", (now,)
-            ).fetchone()
-            if held:
+            holders = connection.execute(
+                "select distinct claimed_by from spool where claimed_until > ?", (now,)
+            ).fetchall()
+            if any(_claimer_alive(holder) for (holder,) in holders):
                 return []
             rows = connection.execute(
                 "select seq, name, event_id, payload, spooled_at from spool "
@@ -292,8 +298,9 @@ class Spool:
             ).fetchall()
             if rows:
                 connection.execute(
-                    f"update spool set claimed_until = ? where seq between ? and ? and {_MINE}",
-                    (now + LEASE_SECONDS, rows[0][0], rows[-1][0], *self._mine),
+                    "update spool set claimed_until = ?, claimed_by = ? "
+                    f"where seq between ? and ? and {_MINE}",
+                    (now + LEASE_SECONDS, _claimer(), rows[0][0], rows[-1][0], *self._mine),
                 )
         return [SpooledEvent(*row) for row in rows]
 
@@ -317,6 +324,30 @@ def _add_missing_columns(connection: sqlite3.Connection) -> None:
             except sqlite3.OperationalError as error:
                 if "duplicate column" not in str(error):  # another process added it
                     raise
+
+
+def _claimer() -> str:
+    """How a claim names the process that made it: ``host:pid``."""
+    return f"{_HOST}:{os.getpid()}"
+
+
+def _claimer_alive(claimer: str | None) -> bool:
+    """Whether the process that made a claim may still publish its batch.
+    A process of this host that is gone cannot: its claim is taken over at
+    once.  Another host's, or a claim of the first release (``None``), is
+    trusted until its lease ends."""
+    if claimer is None:
+        return True
+    host, _, pid = claimer.rpartition(":")
+    if host != _HOST or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 class Circuit:

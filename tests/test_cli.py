@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -581,17 +582,21 @@ def retarget(path: Path, broker: str) -> None:
 
 def test_spool_flush_exits_1_while_another_flusher_holds_the_events(isolation, apps):
     ids = log_while_the_broker_is_down(isolation, 3)
-    crash_while_flushing(isolation.root / "eventlib-spool.sqlite")
-    held = json.loads(
-        run_cli(isolation, "--broker-url", UNREACHABLE_AMQP, "spool", "status", "--json").stdout
-    )
-    # The crashed flusher holds the batch for LEASE_SECONDS.
-    assert held["count"] == 3
-    assert time.time() + LEASE_SECONDS - 30 < held["held_until"] <= time.time() + LEASE_SECONDS
+    holder = hold_while_flushing(isolation.root / "eventlib-spool.sqlite")
+    try:
+        held = json.loads(
+            run_cli(isolation, "--broker-url", UNREACHABLE_AMQP, "spool", "status", "--json").stdout
+        )
+        # The live flusher holds the batch for LEASE_SECONDS.
+        assert held["count"] == 3
+        assert time.time() + LEASE_SECONDS - 30 < held["held_until"] <= time.time() + LEASE_SECONDS
 
-    text = run_cli(isolation, "--broker-url", UNREACHABLE_AMQP, "spool", "status")
-    retarget(isolation.root / "eventlib-spool.sqlite", "memory:///")
-    result = run_cli(isolation, "--broker-url", "memory://", "spool", "flush", **SPOOL_ENV)
+        text = run_cli(isolation, "--broker-url", UNREACHABLE_AMQP, "spool", "status")
+        retarget(isolation.root / "eventlib-spool.sqlite", "memory:///")
+        result = run_cli(isolation, "--broker-url", "memory://", "spool", "flush", **SPOOL_ENV)
+    finally:
+        os.kill(holder, signal.SIGKILL)
+        os.waitpid(holder, 0)
 
     until = datetime.fromtimestamp(held["held_until"]).astimezone()
     shown = until.strftime("%Y-%m-%d %H:%M:%S %z")
@@ -603,8 +608,7 @@ def test_spool_flush_exits_1_while_another_flusher_holds_the_events(isolation, a
     )
     assert spool_rows(isolation) == [(event_id, "shop.Refund") for event_id in ids]
 
-    # Once the lease has run out, the next flush publishes them.
-    expire_leases(isolation.root / "eventlib-spool.sqlite")
+    # Its process is gone: the next flush takes its claim over at once.
     result = run_cli(isolation, "--broker-url", "memory://", "spool", "flush", **SPOOL_ENV)
 
     assert result.returncode == 0, result.stderr
@@ -612,27 +616,29 @@ def test_spool_flush_exits_1_while_another_flusher_holds_the_events(isolation, a
     assert spool_rows(isolation) == []
 
 
-def crash_while_flushing(path: Path) -> None:
-    """A process that dies in the middle of a flush, after claiming a batch
-    and before publishing its first event."""
+def hold_while_flushing(path: Path) -> int:
+    """A process that claims a batch and stays in the middle of its flush
+    until it is killed; return its pid once the claim is written."""
+    ready, tell = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         try:
+            os.close(ready)
             destination = Destination("amqp://guest:**@127.0.0.1:1//", "eventlib")
-            Spool(path, destination).flush(lambda batch: os._exit(0))
+
+            def hold(batch):
+                os.write(tell, b"held")
+                time.sleep(600)
+
+            Spool(path, destination).flush(hold)
         finally:
             os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0  # it died inside publish
-
-
-def expire_leases(path: Path) -> None:
-    connection = sqlite3.connect(path)
+    os.close(tell)
     try:
-        with connection:
-            connection.execute("update spool set claimed_until = ?", (time.time() - 1,))
+        assert os.read(ready, 16) == b"held"
     finally:
-        connection.close()
+        os.close(ready)
+    return pid
 
 
 @pytest.mark.parametrize("command", ["status", "flush"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -246,3 +247,31 @@ def test_an_expired_lease_is_not_reported_and_the_events_can_be_flushed(spool):
 
     assert spool.status().held_until is None
     assert [event.event_id for event in _flushed(spool)] == ids
+
+
+def test_the_claim_of_a_process_that_is_gone_is_taken_over_at_once(spool):
+    ids = fill(spool, 3)
+    pid = os.fork()
+    if pid == 0:  # the child claims the batch, then dies in the middle of its flush
+        try:
+            Spool(spool.path, HERE).flush(lambda batch: os._exit(0))
+        finally:
+            os._exit(1)
+    os.waitpid(pid, 0)
+
+    assert spool.status().held_until is None  # nobody alive holds it
+    assert [event.event_id for event in _flushed(spool)] == ids
+
+
+def test_the_claim_of_another_host_holds_until_its_lease_ends(spool):
+    fill(spool, 2)
+    connection = sqlite3.connect(spool.path)
+    with connection:
+        connection.execute(
+            "update spool set claimed_until = ?, claimed_by = 'another-host:1'",
+            (time.time() + 30,),
+        )
+    connection.close()
+
+    assert spool.status().held_until is not None
+    assert _flushed(spool) == []
