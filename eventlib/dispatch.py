@@ -142,7 +142,8 @@ async def alog(
     :func:`log`; in the ``spool`` and ``direct`` modes, in eager mode, and
     while a recorder of :mod:`eventlib.testing` is active, it is sent from
     a thread (see :func:`set_sync_runner`), and ``alog()`` returns once it
-    is sent.  :class:`~eventlib.DispatchError` is raised as by :func:`log`.
+    is published or spooled (or handled, in eager mode).
+    :class:`~eventlib.DispatchError` is raised as by :func:`log`.
 
     With ``on_commit=True`` (default: the ``on_commit`` setting), the
     transaction hook is called from that thread too, which, with
