@@ -6,7 +6,7 @@ internal.  See the README for the list and spec.md for the behaviour.
 
 from .conf import configure
 from .discovery import autodiscover
-from .dispatch import log
+from .dispatch import alog, log
 from .event import BaseEvent
 from .exceptions import (
     ConfigurationError,
@@ -37,6 +37,7 @@ __all__ = [
     "SerializationError",
     "SpoolError",
     "ValidationError",
+    "alog",
     "autodiscover",
     "configure",
     "flush",

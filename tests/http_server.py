@@ -236,6 +236,16 @@ class ServerProcess(Loopback):
         """What the server has written to its log so far."""
         return self.log.read_text(errors="replace")
 
+    def stop(self) -> None:
+        """Terminate the server and wait for it; kill it when it takes
+        longer than ``TIMEOUT`` seconds."""
+        self.process.terminate()
+        try:
+            self.process.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
 
 @contextmanager
 def serve_gunicorn(
@@ -282,11 +292,6 @@ def serve_gunicorn(
         yield server
     finally:
         stopped = process.poll()
-        process.terminate()
-        try:
-            process.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop()
     if stopped is not None:
         raise AssertionError(f"gunicorn stopped with {stopped}:\n{server.output()}")

@@ -1,21 +1,23 @@
 """The Django app: settings from ``EVENTLIB_*`` Django settings, discovery in
-``ready()``, sending after the transaction commits."""
+``ready()``, sending after the transaction commits, from sync code and from
+coroutines."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields
-from functools import partial
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.apps import AppConfig
 from django.apps import apps as django_apps
 from django.conf import settings as django_settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperation
 from django.db import transaction
 
 from eventlib.conf import ENV_PREFIX, Settings, configure, import_celery_app
 from eventlib.discovery import autodiscover
-from eventlib.dispatch import set_transaction_hook
+from eventlib.dispatch import set_sync_runner, set_transaction_hook
 from eventlib.exceptions import ConfigurationError
 
 #: Each Django setting eventlib reads and the eventlib setting it gives:
@@ -36,8 +38,11 @@ class EventlibConfig(AppConfig):
     def ready(self) -> None:
         """Configure eventlib from Django's settings
         (:func:`configure_from_settings`), make ``log(..., on_commit=True)``
-        wait with Django's ``transaction.on_commit`` (default database), then
-        import the ``events`` module of every app in the ``apps`` setting.
+        wait with Django's ``transaction.on_commit`` (default database,
+        :func:`on_commit`), make ``alog()`` run it, and its other synchronous
+        work, where Django's async ORM runs its queries
+        (:func:`in_the_connections_thread`), then import the ``events`` module
+        of every app in the ``apps`` setting.
 
         The hook is robust: an event that cannot be sent after the commit
         (:class:`~eventlib.DispatchError`) is logged by Django at ERROR level
@@ -49,8 +54,35 @@ class EventlibConfig(AppConfig):
         project does not start with either.
         """
         configure_from_settings()
-        set_transaction_hook(partial(transaction.on_commit, robust=True))
+        set_transaction_hook(on_commit)
+        set_sync_runner(in_the_connections_thread)
         autodiscover()
+
+
+def on_commit(callback: Callable[[], None]) -> None:
+    """eventlib's transaction hook: ``transaction.on_commit(callback,
+    robust=True)`` on the default database.
+
+    Django refuses it in a coroutine (``SynchronousOnlyOperation``): the
+    error then says to ``await eventlib.alog(...)`` instead.
+    """
+    try:
+        transaction.on_commit(callback, robust=True)
+    except SynchronousOnlyOperation as error:
+        error.add_note(
+            "eventlib.log(..., on_commit=True) was called in a coroutine: there, "
+            "use `await eventlib.alog(..., on_commit=True)`, which waits for the "
+            "transaction of the request's database connection"
+        )
+        raise
+
+
+async def in_the_connections_thread(call: Callable[[], None]) -> None:
+    """Run ``call()`` from a coroutine as Django's async ORM runs a query:
+    with asgiref's ``sync_to_async(thread_sensitive=True)``, in the thread
+    that holds the database connection (and so the transaction) of the
+    current request, or of the code that called ``async_to_sync``."""
+    await sync_to_async(call, thread_sensitive=True)()
 
 
 def configure_from_settings(settings: Any = None) -> Settings:
