@@ -284,3 +284,30 @@ def test_a_worker_handles_the_events_of_the_async_view(tmp_path, broker, queue):
             [bob["event_id"], bob["order_id"], "bob"],
         ]
     )
+
+
+def test_uvicorn_stopped_right_after_a_response_keeps_its_event(tmp_path, silent_port):
+    """uvicorn handles SIGTERM itself, shuts down, then raises SIGTERM again
+    with the handler it found: eventlib's, which publishes or spools what the
+    process still holds.  Here the broker accepts connections and never
+    answers, so the event is still in memory at the SIGTERM: it ends up in
+    the spool, not lost with the process."""
+    project = Project(tmp_path, "shop-events", f"redis://127.0.0.1:{silent_port}/0")
+    with serve_uvicorn(project) as server:
+        reply = place_order(server, "ada")
+        assert reply.status == 201, server.output()
+        server.stop()  # SIGTERM, at once
+
+    assert server.process.returncode == -15, server.output()
+    assert spooled_event_ids(tmp_path) == [reply.json()["event_id"]], server.output()
+
+
+def spooled_event_ids(root: Path) -> list[str]:
+    path = root / "spool.sqlite"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(path)
+    try:
+        return [event_id for (event_id,) in db.execute("select event_id from spool order by seq")]
+    finally:
+        db.close()
