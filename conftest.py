@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import _state as celery_state
 from sybil import Document, Example, Region, Sybil
 from sybil.parsers.markdown import PythonCodeBlockParser
 
@@ -58,6 +59,9 @@ class Isolation:
         for key, name in OWN_FILES.items():
             os.environ[key] = name.format(root=self.root)
         self._modules = set(sys.modules)
+        # A Celery app a test creates is the current app of this thread from
+        # then on: eventlib may take it for the project's.
+        self._current_celery_app = celery_state._tls.current_app
         sys.path.insert(0, str(self.root))
         conf.reset()
         discovery.clear_cache()
@@ -94,6 +98,7 @@ class Isolation:
         serialization._by_type.update(self._codecs[1])
         serialization._lookup_cache.clear()
         dispatch.set_transaction_hook(self._transaction_hook)
+        celery_state._set_current_app(self._current_celery_app)
         conf.reset()
         discovery.clear_cache()
         processing._forget_discovery()

@@ -344,6 +344,8 @@ class Sender:
             if thread is not None and thread.is_alive():
                 return
             self._stopping = False
+            # Here, in the thread that logs, whose current app is the project's.
+            _warn_of_a_project_broker(get_settings())
             thread = threading.Thread(target=self._run, name="eventlib-publisher", daemon=True)
             try:
                 thread.start()
@@ -592,6 +594,7 @@ class Sender:
             with self._lock:
                 app = self._own_app
                 if app is None:
+                    _warn_of_a_project_broker(settings)
                     app = self._own_app = _create_app(settings)
         return app
 
@@ -819,6 +822,43 @@ def check_broker(app: Celery | None = None) -> None:
             connection.ensure_connection(max_retries=1, timeout=settings.broker_timeout)
         except Exception as error:
             raise DispatchError(f"cannot reach the broker {broker_name(app)}: {error}") from error
+
+
+def project_celery_app() -> Celery | None:
+    """The Celery app the project created, as ``shared_task`` finds it: the
+    current app of this thread, unless it is the one Celery makes up when
+    the project made none (named ``default``)."""
+    from celery import current_app
+
+    app: Celery = current_app._get_current_object()
+    return None if app.main == "default" else app
+
+
+_warned_of_a_project_broker = False
+
+
+def _warn_of_a_project_broker(settings: Settings) -> None:
+    """Say, once per process, that events go to the embedded broker although
+    the project has a broker of its own: a Celery app, or
+    ``CELERY_BROKER_URL`` in the environment, which eventlib does not read."""
+    global _warned_of_a_project_broker
+    if _warned_of_a_project_broker or settings.celery_app is not None or settings.broker_url:
+        return
+    project = project_celery_app()
+    if project is not None and project.conf.broker_url:
+        where = f"the Celery app {project.main!r} has the broker {broker_name(project)}"
+    elif os.environ.get("CELERY_BROKER_URL"):
+        where = "CELERY_BROKER_URL is set"
+    else:
+        return
+    _warned_of_a_project_broker = True
+    logger.warning(
+        "eventlib sends events to its embedded broker (%s), although %s: set "
+        "EVENTLIB_CELERY_APP to the import path of the project's Celery app "
+        "(the celery_app setting, 'proj.celery:app') or EVENTLIB_BROKER_URL",
+        maybe_sanitize_url(resolved_broker_url(settings)),
+        where,
+    )
 
 
 def resolved_broker_url(settings: Settings) -> str:

@@ -15,10 +15,11 @@ from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperation
 from django.db import transaction
 
-from eventlib.conf import ENV_PREFIX, Settings, configure, import_celery_app
+from eventlib.conf import ENV_PREFIX, Settings, configure, get_settings, import_celery_app
 from eventlib.discovery import autodiscover
 from eventlib.dispatch import set_sync_runner, set_transaction_hook
 from eventlib.exceptions import ConfigurationError
+from eventlib.sending import project_celery_app
 
 #: Each Django setting eventlib reads and the eventlib setting it gives:
 #: ``EVENTLIB_BROKER_URL`` gives ``broker_url``.
@@ -94,7 +95,11 @@ def configure_from_settings(settings: Any = None) -> Settings:
     ``EVENTLIB_APPS`` defaults to the name of every installed app, which needs
     Django's app registry.  ``EVENTLIB_CELERY_APP`` may be a Celery app or the
     import path of one (``"proj.celery.app"`` or ``"proj.celery:app"``),
-    imported here (:func:`eventlib.conf.import_celery_app`).  eventlib
+    imported here (:func:`eventlib.conf.import_celery_app`).  Without it,
+    and without ``EVENTLIB_BROKER_URL`` (here or in the environment), the
+    project's Celery app is used, found as ``shared_task`` finds it: the
+    current app, which Celery's layout (``proj/celery.py`` imported by
+    ``proj/__init__.py``) makes the project's when Django starts.  eventlib
     settings with no ``EVENTLIB_*`` setting keep their value.
 
     Raises ``ImproperlyConfigured`` for an ``EVENTLIB_*`` name eventlib does
@@ -115,6 +120,13 @@ def configure_from_settings(settings: Any = None) -> Settings:
         values["apps"] = [config.name for config in django_apps.get_app_configs()]
     if isinstance(values.get("celery_app"), str):
         values["celery_app"] = _import_celery_app(values["celery_app"])
+    elif "celery_app" not in values and "broker_url" not in values:
+        # Celery's layout for Django: proj/__init__.py imports proj/celery.py,
+        # whose app is the current one when Django starts.
+        project = project_celery_app()
+        current = get_settings()
+        if project is not None and current.celery_app is None and not current.broker_url:
+            values["celery_app"] = project
     try:
         return configure(**values)
     except ConfigurationError as error:
