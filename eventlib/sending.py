@@ -184,7 +184,6 @@ class Sender:
     def _spool_in_caller(
         self, settings: Settings, events: list[Outgoing], cause: Exception | None
     ) -> None:
-        app = self.app()
         spool = self.spool(settings)
         try:
             if len(events) == 1:
@@ -198,7 +197,8 @@ class Sender:
             self._start_publisher()
             raise DispatchError(
                 f"could not send the event {name} (id {event_id}) to the broker "
-                f"{broker_name(app)}, nor keep it in the spool {spool.path}: {error.__cause__}"
+                f"{spool.destination.broker}, nor keep it in the spool {spool.path}: "
+                f"{error.__cause__}"
             ) from cause or error
         metrics.increment("spooled", len(events))
         self._spool_waiting = self._spooled_here = True
@@ -225,21 +225,7 @@ class Sender:
             app.tasks[task_name].apply(args=args, kwargs=kwargs)
             return
         try:
-            with self._producers(app).acquire(
-                block=True, timeout=get_settings().broker_timeout
-            ) as producer:
-                app.send_task(
-                    task_name,
-                    args=args,
-                    kwargs=kwargs,
-                    countdown=countdown,
-                    queue=get_settings().queue,
-                    producer=producer,
-                    serializer="json",
-                    retry=True,
-                    retry_policy=_retry_policy(get_settings().broker_timeout),
-                    add_to_parent=False,
-                )
+            self._send_message(app, task_name, args, kwargs=kwargs, countdown=countdown)
         except Exception as error:
             raise DispatchError(
                 f"could not send the task {task_name} to the broker {broker_name(app)}: {error!r}"
@@ -274,36 +260,59 @@ class Sender:
         (``False``): when many threads log at once in the ``direct`` mode,
         only the first ones try the network.
         """
+        args: tuple[Any, ...]
+        if len(events) == 1:
+            name, event_id, payload = events[0]
+            task, args, task_id = PROCESS_TASK, (name, payload), event_id
+            shown = None  # Celery's repr of the arguments
+        else:
+            task = BATCH_TASK
+            args = ([[name, payload] for name, _, payload in events],)
+            task_id = None
+            # Not Celery's repr of a hundred payloads, which costs more than
+            # the rest of the publish and says less.
+            shown = f"[{len(events)} events: {', '.join(_counted(events))}]"
+        sent = self._send_message(
+            app,
+            task,
+            args,
+            task_id=task_id,
+            argsrepr=shown,
+            unless=(lambda: self.circuit.is_open) if unless_circuit_open else None,
+        )
+        if sent:
+            metrics.increment("published", len(events))
+        return sent
+
+    def _send_message(
+        self,
+        app: Celery,
+        task: str,
+        args: Sequence[Any],
+        *,
+        unless: Callable[[], bool] | None = None,
+        **options: Any,
+    ) -> bool:
+        """Publish one message of eventlib's task ``task`` to eventlib's
+        queue, with eventlib's pools, timeouts and retry policy; return
+        whether it was published: not when ``unless()`` is true once a
+        connection was had."""
         settings = get_settings()
         with self._producers(app).acquire(block=True, timeout=settings.broker_timeout) as producer:
-            if unless_circuit_open and self.circuit.is_open:
+            if unless is not None and unless():
                 return False
-            args: tuple[Any, ...]
-            if len(events) == 1:
-                name, event_id, payload = events[0]
-                task, args, task_id = PROCESS_TASK, (name, payload), event_id
-                shown = None  # Celery's repr of the arguments
-            else:
-                task = BATCH_TASK
-                args = ([[name, payload] for name, _, payload in events],)
-                task_id = None
-                # Not Celery's repr of a hundred payloads, which costs more
-                # than the rest of the publish and says less.
-                shown = f"[{len(events)} events: {', '.join(_counted(events))}]"
             app.send_task(
                 task,
                 args=args,
-                argsrepr=shown,
-                task_id=task_id,
                 queue=settings.queue,
                 producer=producer,
                 serializer="json",
                 retry=True,
                 retry_policy=_retry_policy(settings.broker_timeout),
                 add_to_parent=False,
+                **options,
             )
         self._broker_answered = True
-        metrics.increment("published", len(events))
         return True
 
     def _publish_in_batches(self, app: Celery, events: Sequence[Outgoing]) -> None:
