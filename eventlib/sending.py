@@ -129,7 +129,7 @@ class Sender:
         #: process killed during an outage leaves no claim behind.
         self._broker_answered = False
         self._recorders: list[Recorder] = []
-        #: Held while the publisher imports what it needs; a fork waits.
+        #: Held during the publisher's first round; a fork waits.
         self._warming_up = threading.Lock()
         self._fork_waited = False
         #: What a forked child must not touch, kept referenced rather than
@@ -364,36 +364,30 @@ class Sender:
             _install_exit_hooks(self)
 
     def _run(self) -> None:
+        # The first round imports what publishing needs (the broker's
+        # transport, Celery's messaging, on the first publish): a fork waits
+        # for it, since a process forked in the middle of an import keeps the
+        # module half imported and could never publish (see before_fork()).
         with self._warming_up:
-            self._warm_up()
+            self._round(get_settings())
         while not self._stopping:
             waiting = self.circuit.is_open or self._spool_waiting
             settings = get_settings()
             self._wake.wait(settings.spool_probe_interval if waiting else None)
             self._wake.clear()
-            try:
-                self._publish_round(settings)
-            except Exception as error:
-                if threading.main_thread().is_alive():
-                    logger.exception("eventlib's publisher failed; it carries on")
-                else:  # the interpreter is exiting: the exit flush spools
-                    logger.info("eventlib's publisher stopped by the exit: %r", error)
-                self._release_flush_marks()
-                time.sleep(min(1.0, settings.spool_probe_interval))
+            self._round(settings)
 
-    def _warm_up(self) -> None:
-        """Import what publishing needs (the broker's transport, Celery's
-        messaging) before the first publish, while a fork waits: a process
-        forked in the middle of an import would keep the module half
-        imported, and could never publish (see :meth:`before_fork`)."""
+    def _round(self, settings: Settings) -> None:
+        """One round of the publisher; it reports its own failure and goes on."""
         try:
-            app = self.app()
-            self._producers(app)
-            app.amqp  # noqa: B018 (Celery's messaging, imported when first used)
-            with app.connection_for_write() as connection:
-                connection.transport  # noqa: B018 (imports the transport)
-        except Exception:  # the first round reports it
-            logger.debug("eventlib's publisher could not prepare", exc_info=True)
+            self._publish_round(settings)
+        except Exception as error:
+            if threading.main_thread().is_alive():
+                logger.exception("eventlib's publisher failed; it carries on")
+            else:  # the interpreter is exiting: the exit flush spools
+                logger.info("eventlib's publisher stopped by the exit: %r", error)
+            self._release_flush_marks()
+            time.sleep(min(1.0, settings.spool_probe_interval))
 
     def _publish_round(self, settings: Settings) -> None:
         """Publish what waits: the spooled events first, then the buffer;
@@ -688,8 +682,9 @@ class Sender:
         self._thread = None
 
     def before_fork(self) -> None:
-        """Wait (a few seconds at most) until the publisher has imported
-        what it needs, so that the child has no half-imported module."""
+        """Wait (a few seconds at most) until the publisher's first round,
+        which imports what publishing needs, is over, so that the child has
+        no half-imported module."""
         self._fork_waited = self._warming_up.acquire(timeout=5.0)
 
     def after_fork_in_parent(self) -> None:
