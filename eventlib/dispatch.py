@@ -35,6 +35,11 @@ def set_transaction_hook(hook: TransactionHook | None) -> None:
     _transaction_hook = hook
 
 
+def transaction_hook() -> TransactionHook | None:
+    """The function installed by :func:`set_transaction_hook`, if any."""
+    return _transaction_hook
+
+
 def log(
     name: str, data: Mapping[str, Any] | None = None, *, on_commit: bool | None = None
 ) -> str | None:

@@ -55,7 +55,7 @@ from .exceptions import (
     SerializationError,
     ValidationError,
 )
-from .serialization import _refuse_constant
+from .serialization import refuse_constant
 
 if TYPE_CHECKING:
     from .event import BaseEvent
@@ -346,7 +346,7 @@ def _read_json(raw: bytes) -> tuple[str | None, dict[str, Any]]:
         body = json.loads(
             _decode_text(raw, "body"),
             object_pairs_hook=_json_object,
-            parse_constant=_refuse_constant,
+            parse_constant=refuse_constant,
         )
     except (ValueError, RecursionError) as error:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {error}") from None

@@ -56,11 +56,31 @@ from kombu.connection import Connection
 from kombu.pools import ProducerPool
 from kombu.utils.url import maybe_sanitize_url
 
-from . import metrics
-from .conf import Settings, get_settings, on_change
+from . import _state, metrics
+from .conf import Settings, get_settings
 from .embedded import DEFAULT_PATH, SCHEME, url_for
 from .exceptions import ConfigurationError, DispatchError, SpoolError
 from .spool import Circuit, Destination, Spool, SpooledEvent, SpoolStatus
+
+__all__ = [
+    "BATCH_TASK",
+    "PROCESS_TASK",
+    "PUBLISH_RETRY_POLICY",
+    "RETRY_TASK",
+    "Outgoing",
+    "Recorder",
+    "Sender",
+    "broker_name",
+    "celery_app",
+    "check_broker",
+    "flush",
+    "flush_spool",
+    "publish_transport_options",
+    "resolved_broker_url",
+    "sender",
+    "spool_status",
+    "transport_options",
+]
 
 logger = logging.getLogger("eventlib")
 
@@ -606,7 +626,7 @@ class Sender:
 
     # ------------------------------------------------------ process state ---
 
-    def reset(self, _: Settings | None = None) -> None:
+    def reset(self) -> None:
         """Settings changed: publish (or spool) what the buffer holds, stop
         the thread, drop the app and the pools; all is built again from the
         new settings when next needed."""
@@ -644,7 +664,7 @@ class Sender:
             thread.join(timeout)
         self._thread = None
 
-    def after_fork(self) -> None:
+    def _after_fork(self) -> None:
         """In a forked child: the parent's thread, buffer, pools and
         connections are the parent's; start afresh."""
         self._lock = threading.RLock()
@@ -839,8 +859,7 @@ def _create_app(settings: Settings) -> Celery:
 
 #: The sending side of this process.
 sender = Sender()
-on_change(sender.reset)
-os.register_at_fork(after_in_child=sender.after_fork)
+_state.process_state(sender, built_from_settings=True)
 
 
 def celery_app() -> Celery:

@@ -86,7 +86,7 @@ def django_ready(tmp_path_factory: pytest.TempPathFactory) -> DjangoReady:
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))
     registry_before = HANDLER_REGISTRY._snapshot()
-    hook_before = dispatch._transaction_hook
+    hook_before = dispatch.transaction_hook()
     database = str(tmp_path_factory.mktemp("django") / "db.sqlite3")
     settings.configure(
         INSTALLED_APPS=DJANGO_APPS,
@@ -104,7 +104,7 @@ def django_ready(tmp_path_factory: pytest.TempPathFactory) -> DjangoReady:
         conf.get_settings(),
         frozenset(sys.modules),
         HANDLER_REGISTRY._snapshot(),
-        dispatch._transaction_hook,
+        dispatch.transaction_hook(),
     )
     call_command("migrate", run_syncdb=True, verbosity=0)
     HANDLER_REGISTRY._restore(registry_before)

@@ -123,7 +123,7 @@ def test_the_data_comes_back_exactly(shop):
 
 def failed_at(dead_letter_id: int, when: datetime) -> None:
     """Pretend the dead letter last failed at ``when``."""
-    with deadletters._engine().begin() as connection:
+    with deadletters._database.engine().begin() as connection:
         connection.execute(
             update(deadletters.TABLE)
             .where(deadletters.TABLE.c.id == dead_letter_id)
