@@ -16,9 +16,19 @@ from typing import Any
 from . import tasks as _tasks  # noqa: F401  (registers eventlib's shared tasks)
 from .conf import get_settings
 from .discovery import find_event
+from .event import BaseEvent
 from .exceptions import ConfigurationError, ValidationError
 from .sending import sender
 from .serialization import serialize_event
+
+__all__ = [
+    "CleanFailed",
+    "TransactionHook",
+    "log",
+    "log_from",
+    "set_transaction_hook",
+    "transaction_hook",
+]
 
 logger = logging.getLogger("eventlib")
 
@@ -38,6 +48,18 @@ def set_transaction_hook(hook: TransactionHook | None) -> None:
 def transaction_hook() -> TransactionHook | None:
     """The function installed by :func:`set_transaction_hook`, if any."""
     return _transaction_hook
+
+
+class CleanFailed(Exception):
+    """The ``clean()`` of the event raised something other than
+    :class:`~eventlib.ValidationError`: a bug of the event's, which the data
+    made show.  Raised by :func:`log_from` with that error as its
+    ``__cause__``, so that a transport can answer it as bad data rather
+    than as its own failure; nothing was sent."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the clean() of the event {name} raised")
+        self.name = name
 
 
 def log(
@@ -75,10 +97,13 @@ def log(
     (``eventlib.contrib.django`` installs Django's); without one it raises
     :class:`~eventlib.ConfigurationError`.
     """
-    return log_event(name, data, on_commit=on_commit)
+    event = _new_event(name, data, source="python", client_address=None)
+    if not _accepted(name, event, data, raise_errors=None):
+        return None
+    return _send_accepted(name, event, on_commit)
 
 
-def log_event(
+def log_from(
     name: str,
     data: Mapping[str, Any] | None,
     *,
@@ -89,35 +114,66 @@ def log_event(
 ) -> str | None:
     """:func:`log` for transports such as the HTTP endpoint: the same, with
     ``raise_errors`` overriding the setting, and the event's ``source`` and
-    ``client_address``."""
+    ``client_address``; a ``clean()`` that raises anything but
+    :class:`~eventlib.ValidationError` raises :class:`CleanFailed`."""
+    event = _new_event(name, data, source=source, client_address=client_address)
+    try:
+        accepted = _accepted(name, event, data, raise_errors=raise_errors)
+    except ValidationError:
+        raise
+    except Exception as error:
+        raise CleanFailed(name) from error
+    if not accepted:
+        return None
+    return _send_accepted(name, event, on_commit)
+
+
+def _new_event(
+    name: str, data: Mapping[str, Any] | None, *, source: str, client_address: str | None
+) -> BaseEvent:
+    """An instance of the event class ``name`` holding ``data``, not
+    validated yet; ``TypeError`` when ``data`` is not a mapping."""
     if data is None:
         data = {}
     elif not isinstance(data, Mapping):
         raise TypeError(
             f"eventlib.log({name!r}, data): data must be a mapping, not {type(data).__name__}"
         )
-    settings = get_settings()
-    event = find_event(name)(data, source=source, client_address=client_address)
+    return find_event(name)(data, source=source, client_address=client_address)
+
+
+def _accepted(
+    name: str, event: BaseEvent, data: Mapping[str, Any] | None, *, raise_errors: bool | None
+) -> bool:
+    """Run the event's ``clean()``; whether it accepted the data.  Its
+    :class:`~eventlib.ValidationError` is raised (``raise_errors``, by
+    default the setting) or logged; anything else it raises propagates."""
     try:
         event.validate()
     except ValidationError as error:
-        if settings.should_raise if raise_errors is None else raise_errors:
+        if get_settings().should_raise if raise_errors is None else raise_errors:
             error.add_note(f"raised by the clean() of the event {name}; nothing was sent")
             raise
         logger.error(
             "Event %s was not logged, its data is invalid: %s (data keys: %s)",
             name,
             error,
-            ", ".join(map(str, data)) or "none",
+            ", ".join(map(str, data or {})) or "none",
             extra={
                 "eventlib_event": name,
                 "eventlib_event_id": event.id,
                 "eventlib_handler": None,
             },
         )
-        return None
+        return False
+    return True
+
+
+def _send_accepted(name: str, event: BaseEvent, on_commit: bool | None) -> str:
+    """Serialize the event and hand it to the sending side, now or, with
+    ``on_commit`` (by default the setting), once the transaction commits."""
     payload = serialize_event(event)
-    if settings.on_commit if on_commit is None else on_commit:
+    if get_settings().on_commit if on_commit is None else on_commit:
         if _transaction_hook is None:
             raise ConfigurationError(
                 f"eventlib.log({name!r}, on_commit=True) needs a transaction hook: add "
