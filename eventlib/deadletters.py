@@ -65,6 +65,21 @@ from .serialization import deserialize_event
 if TYPE_CHECKING:
     from .processing import ProcessResult
 
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT",
+    "TABLE",
+    "DeadLetter",
+    "database_name",
+    "failed_again",
+    "get",
+    "list_dead_letters",
+    "purge",
+    "record",
+    "resolve",
+    "retry",
+    "retry_all",
+]
+
 logger = logging.getLogger("eventlib")
 
 #: Seconds an SQLite writer waits for another process's write to finish.

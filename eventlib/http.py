@@ -56,6 +56,31 @@ from .exceptions import (
 )
 from .serialization import refuse_constant
 
+__all__ = [
+    "EVENT_PARAMETER",
+    "FORM_TYPES",
+    "JSON_TYPES",
+    "SOURCE",
+    "STATIC_DIR",
+    "BodyTooLarge",
+    "Options",
+    "Request",
+    "RequestError",
+    "Response",
+    "StartResponse",
+    "WSGIApplication",
+    "application",
+    "client_address",
+    "content_length",
+    "handle_log",
+    "header_text",
+    "make_application",
+    "media_type",
+    "read_body",
+    "script",
+    "wsgi_query",
+]
+
 logger = logging.getLogger("eventlib")
 
 EVENT_PARAMETER = "__event__"
