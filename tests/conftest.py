@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import socket
 import sys
 from collections.abc import Iterator
@@ -27,6 +28,16 @@ DJANGO_APPS = [
 def _isolated(isolation):
     """Every test starts from default settings and an empty registry."""
     return isolation
+
+
+@pytest.fixture
+def shop(isolation, request):
+    """The app ``shop``: the ``SHOP_EVENTS`` source of the test's module,
+    written as ``shop/events.py`` and imported; returns that module.  A test
+    module that needs more (settings, other apps) extends it with a fixture
+    of its own named ``shop``."""
+    isolation.write("shop/events.py", request.module.SHOP_EVENTS)
+    return importlib.import_module("shop.events")
 
 
 @pytest.fixture

@@ -52,10 +52,10 @@ SHOP_EVENTS = """
 
 
 @pytest.fixture
-def shop(isolation, monkeypatch):
+def shop(shop, monkeypatch):
+    """The app ``shop``, whose handler ``charge`` fails until ``SHOP_FIXED=1``."""
     monkeypatch.delenv("SHOP_FIXED", raising=False)
-    isolation.write("shop/events.py", SHOP_EVENTS)
-    return importlib.import_module("shop.events")
+    return shop
 
 
 def handlers_run(shop) -> list[str]:

@@ -42,14 +42,6 @@ def import_fresh(name):
     return importlib.import_module(name)
 
 
-@pytest.fixture
-def shop(isolation):
-    """The ``shop`` app: ``shop.Refund`` with three method handlers and
-    ``shop.Quiet`` with none."""
-    isolation.write("shop/events.py", SHOP_EVENTS)
-    return importlib.import_module("shop.events")
-
-
 # ------------------------------------------------------------- ordering ---
 
 

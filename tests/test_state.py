@@ -87,8 +87,7 @@ OWNERS: dict[str, tuple[Callable[[], Any], Callable[[], str], str]] = {
 
 
 @pytest.mark.parametrize("owner", list(OWNERS))
-def test_a_forked_child_has_each_owner_afresh_with_a_free_lock(isolation, tmp_path, owner):
-    isolation.write("shop/events.py", SHOP_EVENTS)
+def test_a_forked_child_has_each_owner_afresh_with_a_free_lock(shop, tmp_path, owner):
     eventlib.configure(dead_letter_url=f"sqlite:///{tmp_path / 'dead.sqlite'}")
     lock, in_the_child, expected = OWNERS[owner]
 

@@ -67,9 +67,10 @@ UNREACHABLE_BROKER = "amqp://guest:guest@127.0.0.1:1//"
 
 
 @pytest.fixture
-def shop(isolation):
-    isolation.write("shop/events.py", SHOP_EVENTS)
+def shop(shop):
+    """The app ``shop``, its broker unreachable."""
     eventlib.configure(always_eager=False, broker_url=UNREACHABLE_BROKER)
+    return shop
 
 
 def calls() -> list:
