@@ -24,6 +24,10 @@ commit.  The pytest fixtures ``eventlib_logged`` and ``eventlib_processed``
 (installed with eventlib as a pytest plugin, :mod:`eventlib.contrib.pytest`)
 give a recorder of each kind for one test, fail the test on those failures
 unless it expects them, and keep dead letters in a temporary database.
+
+:func:`reset` puts eventlib's process state back as a new process has it
+(settings, counters, caches, connections), and :func:`isolated` runs a block
+on a fresh eventlib, forgetting at its end what the block declared.
 """
 
 from __future__ import annotations
