@@ -16,14 +16,18 @@ together with the lock that guards it.  There are two kinds.
 Every owner has ``_after_fork()``: in a child forked by ``os.fork()`` it
 starts afresh, with a lock of its own (another thread of the parent may have
 held the parent's at the moment of the fork) and none of its parent's
-threads or connections.
+threads or connections.  An owner that must make a fork wait (until it is
+done with something a child must not inherit half done) also has
+``_before_fork()`` and ``_after_fork_in_parent()``.
 
 Owners register here when their module is imported, and only here are the
-at-fork hook and the settings listener: after a fork, every owner's
-``_after_fork()`` runs in the child, in the order they registered; when the
-settings change (:func:`eventlib.configure`), the owners of state built from
-them are reset.  :func:`reset` and :func:`snapshot` serve
-:mod:`eventlib.testing`.
+at-fork hooks and the settings listener: before a fork, the owners'
+``_before_fork()`` run, in the reverse order of their registration (as
+``os.register_at_fork`` runs its own); after it, every owner's
+``_after_fork()`` runs in the child, and ``_after_fork_in_parent()`` in the
+parent, in the order they registered; when the settings change
+(:func:`eventlib.configure`), the owners of state built from them are reset.
+:func:`reset` and :func:`snapshot` serve :mod:`eventlib.testing`.
 """
 
 from __future__ import annotations
@@ -109,10 +113,26 @@ def _settings_changed(_: conf.Settings) -> None:
         owner.reset()
 
 
+def _before_fork() -> None:
+    for owner in reversed(_owners):
+        before = getattr(owner, "_before_fork", None)
+        if before is not None:
+            before()
+
+
+def _after_fork_in_parent() -> None:
+    for owner in _owners:
+        after = getattr(owner, "_after_fork_in_parent", None)
+        if after is not None:
+            after()
+
+
 def _after_fork_in_child() -> None:
     for owner in _owners:
         owner._after_fork()
 
 
 conf.on_change(_settings_changed)
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)

@@ -1,21 +1,23 @@
 """The owners of eventlib's process state (eventlib/_state.py): a forked
 child starts each of them afresh, through the one at-fork hook, even when
-another thread of the parent held its lock at the moment of the fork."""
+another thread of the parent held its lock at the moment of the fork; an
+owner may make a fork wait; eventlib.testing.reset() resets them all."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import eventlib
-from eventlib import deadletters, discovery, metrics, serialization, testing
+from eventlib import _state, deadletters, discovery, metrics, serialization, testing
 from eventlib.registry import HANDLER_REGISTRY
 from eventlib.sending import sender
 
-from .forking import fork_while_held
+from .forking import fork_while_held, read_with_deadline
 
 SHOP_EVENTS = """
     from eventlib import BaseEvent
@@ -92,3 +94,54 @@ def test_a_forked_child_has_each_owner_afresh_with_a_free_lock(shop, tmp_path, o
     lock, in_the_child, expected = OWNERS[owner]
 
     assert fork_while_held(lock(), in_the_child) == expected
+
+
+class Waiting:
+    """An owner that makes a fork wait, and says what it was told."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def reset(self) -> None:
+        self.calls.append("reset")
+
+    def _before_fork(self) -> None:
+        self.calls.append("before")
+
+    def _after_fork_in_parent(self) -> None:
+        self.calls.append("parent")
+
+    def _after_fork(self) -> None:
+        self.calls.append("child")
+
+
+@pytest.fixture
+def waiting() -> Iterator[Waiting]:
+    owner = Waiting()
+    _state.process_state(owner)
+    try:
+        yield owner
+    finally:
+        _state._owners.remove(owner)
+        _state._process_state.remove(owner)
+
+
+def test_an_owner_may_make_a_fork_wait(waiting):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: reports on the pipe, never returns into pytest
+        try:
+            os.close(read)
+            os.write(write, " ".join(waiting.calls).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+
+    assert read_with_deadline(read, pid, timeout=20) == "before child"
+    assert waiting.calls == ["before", "parent"]
+
+
+def test_reset_resets_every_owner_of_process_state(waiting):
+    testing.reset()
+
+    assert waiting.calls == ["reset"]
