@@ -20,6 +20,7 @@ import sys
 import tempfile
 import textwrap
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from doctest import ELLIPSIS
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,7 @@ from celery import _state as celery_state
 from sybil import Document, Example, Region, Sybil
 from sybil.parsers.markdown import PythonCodeBlockParser
 
-from eventlib import conf, discovery, dispatch, processing, serialization
-from eventlib.registry import HANDLER_REGISTRY
+from eventlib.testing import forget_event_classes, isolated
 
 # The tests use sure's expect() only.  Importing sure would otherwise add
 # .should, .must, .when and others to every object and replace builtins.dir
@@ -46,14 +46,11 @@ FILE_MARKER = "# file:"
 
 
 class Isolation:
-    """Undo what a test or document did to eventlib's global state and to
-    ``sys.path``/``sys.modules``."""
+    """Undo what a test or document did to eventlib (through
+    :func:`eventlib.testing.isolated`) and to ``sys.path``/``sys.modules``."""
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="eventlib-apps-"))
-        self._registry = HANDLER_REGISTRY._snapshot()
-        self._codecs = dict(serialization._by_tag), dict(serialization._by_type)
-        self._transaction_hook = dispatch._transaction_hook
         # Spool and dead letters in the test's own files, never the checkout's.
         self._environ = {key: os.environ.get(key) for key in OWN_FILES}
         for key, name in OWN_FILES.items():
@@ -63,9 +60,8 @@ class Isolation:
         # then on: eventlib may take it for the project's.
         self._current_celery_app = celery_state._tls.current_app
         sys.path.insert(0, str(self.root))
-        conf.reset()
-        discovery.clear_cache()
-        processing._forget_discovery()
+        self._eventlib = ExitStack()
+        self._eventlib.enter_context(isolated())
 
     def write(self, relative: str, source: str) -> Path:
         """Write a module under the temporary root, creating the packages
@@ -77,7 +73,7 @@ class Isolation:
         path.write_text(textwrap.dedent(source))
         module = ".".join(path.relative_to(self.root).with_suffix("").parts)
         sys.modules.pop(module, None)
-        discovery.clear_cache()
+        forget_event_classes()
         return path
 
     def close(self) -> None:
@@ -91,17 +87,8 @@ class Isolation:
             module_file = getattr(sys.modules[name], "__file__", None) or ""
             if module_file.startswith(str(self.root)):
                 del sys.modules[name]
-        HANDLER_REGISTRY._restore(self._registry)
-        serialization._by_tag.clear()
-        serialization._by_tag.update(self._codecs[0])
-        serialization._by_type.clear()
-        serialization._by_type.update(self._codecs[1])
-        serialization._lookup_cache.clear()
-        dispatch.set_transaction_hook(self._transaction_hook)
         celery_state._set_current_app(self._current_celery_app)
-        conf.reset()
-        discovery.clear_cache()
-        processing._forget_discovery()
+        self._eventlib.close()
 
 
 @pytest.fixture

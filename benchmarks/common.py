@@ -10,7 +10,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from kombu import Connection, Exchange, Queue
 from kombu.utils.url import maybe_sanitize_url, url_to_parts
 
 from eventlib.embedded import url_for
+from examples import waiting
 
 from .benchapp.counter import COUNTER_ENV, TOTAL_ENV
 
@@ -257,17 +257,12 @@ def rotated(items: Sequence[Any], by: int) -> list[Any]:
 def wait_for(
     condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
 ) -> Any:
-    """Poll ``condition`` every ``interval`` seconds until it returns something
-    truthy; raise :class:`BenchError` after ``timeout`` seconds saying what
-    was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    """The examples' :func:`~examples.waiting.wait_for`, raising
+    :class:`BenchError` when ``timeout`` seconds passed."""
+    try:
+        return waiting.wait_for(condition, timeout, what, interval)
+    except TimeoutError as error:
+        raise BenchError(str(error)) from None
 
 
 # ------------------------------------------------------------ counters ---

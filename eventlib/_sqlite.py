@@ -7,6 +7,8 @@ import sqlite3
 import time
 from typing import Any
 
+__all__ = ["use_wal"]
+
 
 def use_wal(connection: Any, timeout: float) -> None:
     """Put the database of the DB-API ``connection`` in WAL mode, so that

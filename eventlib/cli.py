@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
     from .deadletters import DeadLetter
 
+__all__ = ["EXIT_BROKER", "EXIT_FAILED", "EXIT_SPOOL", "EXIT_USAGE", "main"]
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BROKER = 3

@@ -24,6 +24,18 @@ from typing import Any, NamedTuple, TypeVar, overload
 
 from .exceptions import ConfigurationError
 
+__all__ = [
+    "DISPATCH_MODES",
+    "ENV_PREFIX",
+    "Settings",
+    "configure",
+    "get_settings",
+    "import_celery_app",
+    "on_change",
+    "reset",
+    "settings_from_env",
+]
+
 ENV_PREFIX = "EVENTLIB_"
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -27,7 +27,6 @@ same from a shell.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -56,15 +55,30 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.schema import CreateTable
 from sqlalchemy.sql import ColumnElement
 
-from . import metrics
+from . import _state, metrics
 from ._sqlite import use_wal
-from .conf import Settings, get_settings, on_change
+from .conf import get_settings
 from .exceptions import ConfigurationError, DispatchError
 from .sending import RETRY_TASK, broker_name, sender
 from .serialization import deserialize_event
 
 if TYPE_CHECKING:
     from .processing import ProcessResult
+
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT",
+    "TABLE",
+    "DeadLetter",
+    "database_name",
+    "failed_again",
+    "get",
+    "list_dead_letters",
+    "purge",
+    "record",
+    "resolve",
+    "retry",
+    "retry_all",
+]
 
 logger = logging.getLogger("eventlib")
 
@@ -151,7 +165,7 @@ def record(
         "traceback": traceback,
         "failed_at": datetime.now(UTC),
     }
-    with _engine().begin() as connection:
+    with _database.engine().begin() as connection:
         inserted = connection.execute(insert(TABLE).values(values)).inserted_primary_key
     assert inserted is not None  # always set by an INSERT of one row
     metrics.increment("dead_letters")
@@ -173,7 +187,7 @@ def list_dead_letters(
     time zone.
     """
     query = select(TABLE).where(*_matching(event=event, handler=handler, since=since))
-    with _engine().connect() as connection:
+    with _database.engine().connect() as connection:
         rows = connection.execute(query.order_by(TABLE.c.failed_at, TABLE.c.id)).all()
     return [_from_row(row) for row in rows]
 
@@ -197,7 +211,7 @@ def _matching(
 
 def get(dead_letter_id: int) -> DeadLetter | None:
     """The dead letter ``dead_letter_id``, or ``None`` when there is none."""
-    with _engine().connect() as connection:
+    with _database.engine().connect() as connection:
         row = connection.execute(select(TABLE).where(TABLE.c.id == dead_letter_id)).first()
     return None if row is None else _from_row(row)
 
@@ -259,7 +273,7 @@ def _retry(letter: DeadLetter, here: bool) -> ProcessResult | None:
             letter.attempts + 1,
             dead_letter=letter.id,
         )
-    _send(letter)
+    _send_to_workers(letter)
     return None
 
 
@@ -270,13 +284,13 @@ def purge(
     or those ``event``, ``handler`` and ``since`` keep, as for
     :func:`list_dead_letters`."""
     query = delete(TABLE).where(*_matching(event=event, handler=handler, since=since))
-    with _engine().begin() as connection:
+    with _database.engine().begin() as connection:
         return int(connection.execute(query).rowcount)
 
 
 def resolve(dead_letter_id: int) -> None:
     """Remove a dead letter whose retry succeeded (used by the worker)."""
-    with _engine().begin() as connection:
+    with _database.engine().begin() as connection:
         connection.execute(delete(TABLE).where(TABLE.c.id == dead_letter_id))
 
 
@@ -289,11 +303,11 @@ def failed_again(dead_letter_id: int, *, reason: str, traceback: str) -> None:
         "traceback": traceback,
         "failed_at": datetime.now(UTC),
     }
-    with _engine().begin() as connection:
+    with _database.engine().begin() as connection:
         connection.execute(update(TABLE).where(TABLE.c.id == dead_letter_id).values(values))
 
 
-def _send(letter: DeadLetter) -> None:
+def _send_to_workers(letter: DeadLetter) -> None:
     args = (letter.event_name, letter.payload, letter.handler, letter.attempts + 1)
     try:
         sender.send_task(RETRY_TASK, args, {"dead_letter": letter.id})
@@ -331,8 +345,50 @@ def _from_row(row: Any) -> DeadLetter:
 
 # ------------------------------------------------------------- database ---
 
-_engines: dict[tuple[int, str], Engine] = {}
-_engines_lock = threading.Lock()
+
+class _Database:
+    """The dead-letter database of this process: an engine per URL, created
+    with the table on first use, and the lock that guards them.  A forked
+    child opens its own connections; a change of settings closes them all,
+    and the next use opens the database the settings now name."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._engines: dict[str, Engine] = {}
+        #: The parent's engines, in a forked child: kept referenced and
+        #: unused, rather than closed on the parent's behalf.
+        self._inherited: list[Engine] = []
+
+    def engine(self) -> Engine:
+        """The engine of ``dead_letter_url``, with the table created."""
+        url = get_settings().dead_letter_url
+        engine = self._engines.get(url)
+        if engine is None:
+            with self._lock:
+                engine = self._engines.get(url)
+                if engine is None:
+                    engine = self._engines[url] = _create_engine(url)
+        return engine
+
+    def reset(self) -> None:
+        """Close the connections and forget the engines."""
+        with self._lock:
+            engines, self._engines = list(self._engines.values()), {}
+            inherited, self._inherited = self._inherited, []
+        for engine in engines:
+            engine.dispose()
+        for engine in inherited:
+            # Another process's connections are only forgotten, never closed here.
+            engine.dispose(close=False)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._inherited.extend(self._engines.values())
+        self._engines = {}
+
+
+_database = _Database()
+_state.process_state(_database, built_from_settings=True)
 
 
 def database_name() -> str:
@@ -342,21 +398,6 @@ def database_name() -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return url
-
-
-def _engine() -> Engine:
-    """The engine of ``dead_letter_url``, with the table created; one per
-    URL and process (a forked worker process does not share its parent's
-    connections)."""
-    url = get_settings().dead_letter_url
-    key = (os.getpid(), url)
-    engine = _engines.get(key)
-    if engine is None:
-        with _engines_lock:
-            engine = _engines.get(key)
-            if engine is None:
-                engine = _engines[key] = _create_engine(url)
-    return engine
 
 
 def _create_engine(url: str) -> Engine:
@@ -379,17 +420,3 @@ def _create_engine(url: str) -> Engine:
             engine.dispose()
             raise
     return engine
-
-
-def _dispose_engines(_: Settings | None = None) -> None:
-    """Settings changed: close the connections; the next use opens the
-    database the settings now name."""
-    with _engines_lock:
-        engines = list(_engines.items())
-        _engines.clear()
-    for (pid, _url), engine in engines:
-        # Another process's connections are only forgotten, never closed here.
-        engine.dispose(close=pid == os.getpid())
-
-
-on_change(_dispose_engines)

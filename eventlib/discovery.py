@@ -15,11 +15,22 @@ import threading
 from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple
 
+from . import _state
 from .conf import get_settings
 from .exceptions import EventNotFound, InvalidEventName
 
 if TYPE_CHECKING:
     from .event import BaseEvent
+
+__all__ = [
+    "EVENTS_MODULE",
+    "EventName",
+    "autodiscover",
+    "clear_cache",
+    "discover_configured_apps",
+    "find_event",
+    "parse_event_name",
+]
 
 EVENTS_MODULE = "events"
 
@@ -39,8 +50,41 @@ class EventName(NamedTuple):
         return f"{self.app}.{EVENTS_MODULE}"
 
 
-_cache: dict[str, tuple[EventName, type[BaseEvent]]] = {}
-_cache_lock = threading.Lock()
+class _Found:
+    """What this process found: the class of each event name looked up, and
+    the apps whose events modules :func:`discover_configured_apps` imported,
+    with the lock that guards them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.classes: dict[str, tuple[EventName, type[BaseEvent]]] = {}
+        self.apps: tuple[str, ...] | None = None
+
+    def remember(self, name: str, parsed: EventName, event_class: type[BaseEvent]) -> None:
+        with self._lock:
+            self.classes[name] = (parsed, event_class)
+
+    def discover(self, apps: tuple[str, ...]) -> None:
+        """:func:`autodiscover` ``apps`` unless they are the apps discovered last."""
+        if self.apps == apps:
+            return
+        with self._lock:
+            if self.apps != apps:
+                autodiscover(apps)
+                self.apps = apps
+
+    def reset(self) -> None:
+        """Forget every class found and the apps discovered."""
+        with self._lock:
+            self.classes.clear()
+            self.apps = None
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+
+_found = _Found()
+_state.process_state(_found)
 
 
 def parse_event_name(name: str) -> EventName:
@@ -75,7 +119,7 @@ def find_event(name: str) -> type[BaseEvent]:
     events module is reported as itself.
     """
     apps = get_settings().apps
-    cached = _cache.get(name) if isinstance(name, str) else None
+    cached = _found.classes.get(name) if isinstance(name, str) else None
     if cached is not None:
         parsed, event_class = cached
         _check_configured(parsed, apps)
@@ -83,8 +127,7 @@ def find_event(name: str) -> type[BaseEvent]:
     parsed = parse_event_name(name)
     _check_configured(parsed, apps)
     event_class = _import_event(parsed)
-    with _cache_lock:
-        _cache[name] = (parsed, event_class)
+    _found.remember(name, parsed, event_class)
     return event_class
 
 
@@ -143,7 +186,16 @@ def autodiscover(apps: list[str] | tuple[str, ...] | None = None) -> dict[str, M
     return found
 
 
+def discover_configured_apps() -> None:
+    """Run :func:`autodiscover` once per process and per ``apps`` setting,
+    so that the function handlers declared in the configured apps are
+    registered (what :func:`eventlib.process` does before its first event).
+    Raises what :func:`autodiscover` raises; the next call tries again."""
+    _found.discover(get_settings().apps)
+
+
 def clear_cache() -> None:
-    """Forget every cached lookup (for tests that create and remove apps)."""
-    with _cache_lock:
-        _cache.clear()
+    """Forget every event class found and the apps discovered, so that the
+    next lookup imports again what is no longer in ``sys.modules`` (for
+    tests that create and remove apps)."""
+    _found.reset()

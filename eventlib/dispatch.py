@@ -24,6 +24,18 @@ from .exceptions import ConfigurationError, ValidationError
 from .sending import sender
 from .serialization import serialize_event
 
+__all__ = [
+    "CleanFailed",
+    "SyncRunner",
+    "TransactionHook",
+    "alog",
+    "log",
+    "log_from",
+    "set_sync_runner",
+    "set_transaction_hook",
+    "transaction_hook",
+]
+
 logger = logging.getLogger("eventlib")
 
 #: ``hook(callback)`` runs ``callback`` once the current database
@@ -37,6 +49,23 @@ def set_transaction_hook(hook: TransactionHook | None) -> None:
     """Install the function ``log(..., on_commit=True)`` defers sending with."""
     global _transaction_hook
     _transaction_hook = hook
+
+
+def transaction_hook() -> TransactionHook | None:
+    """The function installed by :func:`set_transaction_hook`, if any."""
+    return _transaction_hook
+
+
+class CleanFailed(Exception):
+    """The ``clean()`` of the event raised something other than
+    :class:`~eventlib.ValidationError`: a bug of the event's, which the data
+    made show.  Raised by :func:`log_from` with that error as its
+    ``__cause__``, so that a transport can answer it as bad data rather
+    than as its own failure; nothing was sent."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the clean() of the event {name} raised")
+        self.name = name
 
 
 #: ``await runner(call)`` runs ``call()``, synchronous work of :func:`alog`,
@@ -98,10 +127,10 @@ def log(
     (``eventlib.contrib.django`` installs Django's); without one it raises
     :class:`~eventlib.ConfigurationError`.
     """
-    return log_event(name, data, on_commit=on_commit)
+    return log_from(name, data, on_commit=on_commit)
 
 
-def log_event(
+def log_from(
     name: str,
     data: Mapping[str, Any] | None,
     *,
@@ -112,8 +141,9 @@ def log_event(
 ) -> str | None:
     """:func:`log` for transports such as the HTTP endpoint: the same, with
     ``raise_errors`` overriding the setting, and the event's ``source`` and
-    ``client_address``."""
-    accepted = _accept("log", name, data, raise_errors, source, client_address)
+    ``client_address``; a ``clean()`` that raises anything but
+    :class:`~eventlib.ValidationError` raises :class:`CleanFailed`."""
+    accepted = _accept("log", name, data, raise_errors, source, client_address, clean_failures=True)
     if accepted is None:
         return None
     event, payload = accepted
@@ -173,10 +203,13 @@ def _accept(
     raise_errors: bool | None,
     source: str,
     client_address: str | None,
+    *,
+    clean_failures: bool = False,
 ) -> tuple[BaseEvent, str] | None:
     """Find, validate and serialize the event ``name`` for
     ``eventlib.<function>()``: return it with its payload, or ``None`` when
-    its data was refused and the refusal logged."""
+    its data was refused and the refusal logged.  With ``clean_failures``,
+    whatever else ``clean()`` raises is raised as :class:`CleanFailed`."""
     if data is None:
         data = {}
     elif not isinstance(data, Mapping):
@@ -204,6 +237,10 @@ def _accept(
             },
         )
         return None
+    except Exception as error:
+        if clean_failures:
+            raise CleanFailed(name) from error
+        raise
     return event, serialize_event(event)
 
 

@@ -11,6 +11,8 @@ from .discovery import EVENTS_MODULE
 from .exceptions import ValidationError
 from .registry import DEFAULT_BACKOFF, DEFAULT_RETRIES, HANDLER_REGISTRY, check_retry_options
 
+__all__ = ["BaseEvent"]
+
 _EVENTS_SUFFIX = "." + EVENTS_MODULE
 
 

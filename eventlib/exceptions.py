@@ -10,6 +10,18 @@ eventlib keeps working.
 
 from __future__ import annotations
 
+__all__ = [
+    "ConfigurationError",
+    "DeserializationError",
+    "DispatchError",
+    "EventNotFound",
+    "EventlibError",
+    "InvalidEventName",
+    "SerializationError",
+    "SpoolError",
+    "ValidationError",
+]
+
 
 class EventlibError(Exception):
     """Base class of every error raised by eventlib."""

@@ -37,17 +37,16 @@ import hashlib
 import json
 import logging
 import sys
-import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .conf import get_settings
 from .discovery import find_event, parse_event_name
-from .dispatch import log_event
+from .dispatch import CleanFailed, log_from
 from .exceptions import (
     DispatchError,
     EventNotFound,
@@ -55,10 +54,32 @@ from .exceptions import (
     SerializationError,
     ValidationError,
 )
-from .serialization import _refuse_constant
+from .serialization import refuse_constant
 
-if TYPE_CHECKING:
-    from .event import BaseEvent
+__all__ = [
+    "EVENT_PARAMETER",
+    "FORM_TYPES",
+    "JSON_TYPES",
+    "SOURCE",
+    "STATIC_DIR",
+    "BodyTooLarge",
+    "Options",
+    "Request",
+    "RequestError",
+    "Response",
+    "StartResponse",
+    "WSGIApplication",
+    "application",
+    "client_address",
+    "content_length",
+    "handle_log",
+    "header_text",
+    "make_application",
+    "media_type",
+    "read_body",
+    "script",
+    "wsgi_query",
+]
 
 logger = logging.getLogger("eventlib")
 
@@ -208,7 +229,7 @@ def _log(request: Request, options: Options, cors: tuple[tuple[str, str], ...]) 
     if not (getattr(event_class, "public", False) or name in options.public_events):
         raise RequestError(HTTPStatus.FORBIDDEN, f"the event {name} is not public")
     try:
-        event_id = log_event(
+        event_id = log_from(
             name,
             data,
             on_commit=False,  # nothing to wait for; a broker failure must answer 503
@@ -218,8 +239,22 @@ def _log(request: Request, options: Options, cors: tuple[tuple[str, str], ...]) 
         )
     except (ValidationError, SerializationError) as error:
         raise RequestError(HTTPStatus.BAD_REQUEST, str(error)) from None
+    except CleanFailed as failed:
+        # A bug of the event's, but the data sent made it show: the client
+        # gets a 400, the traceback goes to the log.
+        cause = failed.__cause__
+        logger.error(
+            "The clean() of the event %s raised on data sent over HTTP",
+            name,
+            exc_info=cause,
+            extra={"eventlib_event": name, "eventlib_event_id": None, "eventlib_handler": None},
+        )
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST,
+            f"invalid data for the event {name}: its clean() raised {type(cause).__name__}",
+        ) from None
     except DispatchError:
-        # The event's id stays inside log_event(): the error message names it.
+        # The event's id stays inside log_from(): the error message names it.
         logger.exception(
             "The HTTP endpoint could not send the event %s",
             name,
@@ -228,28 +263,7 @@ def _log(request: Request, options: Options, cors: tuple[tuple[str, str], ...]) 
         raise RequestError(
             HTTPStatus.SERVICE_UNAVAILABLE, "the event could not be queued; try again later"
         ) from None
-    except Exception as error:
-        if not _raised_in_clean(error, event_class):
-            raise
-        # A bug of the event's, but the data sent made it show: the client
-        # gets a 400, the traceback goes to the log.
-        logger.exception(
-            "The clean() of the event %s raised on data sent over HTTP",
-            name,
-            extra={"eventlib_event": name, "eventlib_event_id": None, "eventlib_handler": None},
-        )
-        raise RequestError(
-            HTTPStatus.BAD_REQUEST,
-            f"invalid data for the event {name}: its clean() raised {type(error).__name__}",
-        ) from None
     return Response(HTTPStatus.ACCEPTED, {"id": event_id}, cors)
-
-
-def _raised_in_clean(error: BaseException, event_class: type[BaseEvent]) -> bool:
-    """Whether ``error`` was raised in the ``clean()`` of ``event_class``
-    (or in what it called)."""
-    clean = getattr(event_class.clean, "__code__", None)
-    return any(frame.f_code is clean for frame, _ in traceback.walk_tb(error.__traceback__))
 
 
 def _error(status: HTTPStatus, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
@@ -346,7 +360,7 @@ def _read_json(raw: bytes) -> tuple[str | None, dict[str, Any]]:
         body = json.loads(
             _decode_text(raw, "body"),
             object_pairs_hook=_json_object,
-            parse_constant=_refuse_constant,
+            parse_constant=refuse_constant,
         )
     except (ValueError, RecursionError) as error:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {error}") from None

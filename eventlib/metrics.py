@@ -15,9 +15,12 @@ moment of the fork.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import Counter
+
+from . import _state
+
+__all__ = ["COUNTERS", "increment", "reset", "snapshot"]
 
 #: The counters eventlib keeps, and what each counts.
 COUNTERS = {
@@ -31,39 +34,38 @@ COUNTERS = {
     "dead_letters": "failures recorded as dead letters",
 }
 
-_lock = threading.Lock()
-_counts: Counter[str] = Counter()
-_pid = os.getpid()
+
+class _Counters:
+    """The counters of this process, with the lock that guards them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def increment(self, name: str, amount: int = 1) -> None:
+        """Add ``amount`` to the counter ``name`` (one of :data:`COUNTERS`)."""
+        with self._lock:
+            self._counts[name] += amount
+
+    def snapshot(self) -> dict[str, int]:
+        """Every counter's current value, including those still at zero."""
+        with self._lock:
+            return {name: self._counts[name] for name in COUNTERS}
+
+    def reset(self) -> None:
+        """Set every counter back to zero."""
+        with self._lock:
+            self._counts.clear()
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = Counter()
 
 
-def increment(name: str, amount: int = 1) -> None:
-    """Add ``amount`` to the counter ``name`` (one of :data:`COUNTERS`)."""
-    global _pid
-    with _lock:
-        if os.getpid() != _pid:  # a forked child counts its own events
-            _counts.clear()
-            _pid = os.getpid()
-        _counts[name] += amount
+_counters = _Counters()
+_state.process_state(_counters)
 
-
-def snapshot() -> dict[str, int]:
-    """Every counter's current value, including those still at zero."""
-    with _lock:
-        counts = Counter() if os.getpid() != _pid else _counts
-        return {name: counts[name] for name in COUNTERS}
-
-
-def reset() -> None:
-    """Set every counter back to zero."""
-    with _lock:
-        _counts.clear()
-
-
-def _after_fork_in_child() -> None:
-    global _lock, _pid
-    _lock = threading.Lock()
-    _counts.clear()
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+# The module's functions are the methods of this process's counters.
+increment = _counters.increment
+snapshot = _counters.snapshot
+reset = _counters.reset

@@ -27,8 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from . import metrics
-from .conf import get_settings
-from .discovery import autodiscover, find_event
+from .discovery import discover_configured_apps, find_event
 from .exceptions import ValidationError
 from .registry import HANDLER_REGISTRY, handler_name
 from .sending import RETRY_TASK, sender
@@ -153,7 +152,7 @@ def retry_handler(
         return _refused(run, error)
     if handler is None:
         if dead_letter is not None:
-            _resolve(run)
+            _remove_dead_letter(run)
         return _every_handler(replace(run, attempt=1, dead_letter=None), event)
     try:
         function = HANDLER_REGISTRY.find_handler(type(event), handler)
@@ -161,7 +160,7 @@ def retry_handler(
         return _handler_gone(run, handler, str(error.args[0]))
     result = _run_handlers(run, event, (function,))
     if dead_letter is not None and result.succeeded:
-        _resolve(run)
+        _remove_dead_letter(run)
     return result
 
 
@@ -191,7 +190,7 @@ def _load(run: _Run) -> BaseEvent:
     data validated again.  A :class:`~eventlib.ValidationError` is raised as
     it is, for the caller to return as :func:`_refused`; any other error is
     logged, recorded as a dead letter and raised."""
-    _ensure_discovered()
+    discover_configured_apps()
     try:
         event_class = find_event(run.name)
         envelope = deserialize_event(run.payload)
@@ -416,7 +415,7 @@ def _dead(run: _Run, handler: str | None, reason: str, trace: str) -> None:
     log.warning(message, number, what, run.name, run.event_id)
 
 
-def _resolve(run: _Run) -> None:
+def _remove_dead_letter(run: _Run) -> None:
     """Remove the dead letter ``run`` retried, which succeeded."""
     from . import deadletters
 
@@ -495,28 +494,3 @@ def _reason(error: BaseException) -> str:
 
 def _traceback(error: BaseException) -> str:
     return "".join(traceback.format_exception(error))
-
-
-# -------------------------------------------------------------- discovery ---
-
-_discovered: tuple[str, ...] | None = None
-_discovery_lock = threading.Lock()
-
-
-def _ensure_discovered() -> None:
-    """Run :func:`autodiscover` once per process and per ``apps`` setting, so
-    that function handlers declared in other apps are registered."""
-    global _discovered
-    apps = get_settings().apps
-    if _discovered == apps:
-        return
-    with _discovery_lock:
-        if _discovered != apps:
-            autodiscover(apps)
-            _discovered = apps
-
-
-def _forget_discovery() -> None:
-    """Make the next :func:`process` call discover the apps again (tests)."""
-    global _discovered
-    _discovered = None

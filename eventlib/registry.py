@@ -20,11 +20,27 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from . import _state
 from .discovery import parse_event_name
 from .exceptions import InvalidEventName
 
 if TYPE_CHECKING:
     from .event import BaseEvent
+
+__all__ = [
+    "ALL_EVENTS",
+    "DEFAULT_BACKOFF",
+    "DEFAULT_RETRIES",
+    "HANDLER_REGISTRY",
+    "MAX_RETRY_DELAY",
+    "METHOD_MARK",
+    "HandlerOptions",
+    "HandlerRegistry",
+    "check_retry_options",
+    "handler",
+    "handler_name",
+    "method_handlers",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -259,7 +275,7 @@ class HandlerRegistry(Mapping["type[BaseEvent]", "list[Callable[..., Any]]"]):
     def handlers_of(self, event_class: type[BaseEvent]) -> tuple[Callable[..., Any], ...]:
         """The handlers of ``event_class`` as a tuple, cached until the next
         registration.  Raises ``KeyError`` for a class that is not an event."""
-        return self._resolve(event_class)[0]
+        return self._handlers_and_options(event_class)[0]
 
     def options_of(
         self, event_class: type[BaseEvent], function: Callable[..., Any]
@@ -269,7 +285,7 @@ class HandlerRegistry(Mapping["type[BaseEvent]", "list[Callable[..., Any]]"]):
         declares (its ``retries`` and ``backoff`` attributes), else the
         defaults.  Raises ``KeyError`` when ``function`` is not one of its
         handlers."""
-        handlers, declared = self._resolve(event_class)
+        handlers, declared = self._handlers_and_options(event_class)
         found = [options for f, options in zip(handlers, declared, strict=True) if f is function]
         if not found:
             raise KeyError(f"{_qualified_name(function)} is not a handler of {event_class.name}")
@@ -288,9 +304,11 @@ class HandlerRegistry(Mapping["type[BaseEvent]", "list[Callable[..., Any]]"]):
                 return function
         raise KeyError(f"the event {event_class.name} has no handler named {name}")
 
-    def _resolve(
+    def _handlers_and_options(
         self, event_class: type[BaseEvent]
     ) -> tuple[tuple[Callable[..., Any], ...], tuple[HandlerOptions, ...]]:
+        """The handlers of ``event_class`` in call order, and the options
+        each declared; cached until the next declaration."""
         try:
             return self._resolved[event_class]
         except KeyError:
@@ -343,5 +361,9 @@ class HandlerRegistry(Mapping["type[BaseEvent]", "list[Callable[..., Any]]"]):
             self._events, self._functions = dict(events), list(functions)
             self._resolved.clear()
 
+    def _after_fork(self) -> None:
+        self._lock = threading.RLock()
+
 
 HANDLER_REGISTRY = HandlerRegistry()
+_state.declarations(HANDLER_REGISTRY)

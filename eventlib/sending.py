@@ -56,11 +56,32 @@ from kombu.connection import Connection
 from kombu.pools import ProducerPool
 from kombu.utils.url import maybe_sanitize_url
 
-from . import metrics
-from .conf import Settings, get_settings, on_change
+from . import _state, metrics
+from .conf import Settings, get_settings
 from .embedded import DEFAULT_PATH, SCHEME, url_for
 from .exceptions import ConfigurationError, DispatchError, SpoolError
 from .spool import Circuit, Destination, Spool, SpooledEvent, SpoolStatus
+
+__all__ = [
+    "BATCH_TASK",
+    "PROCESS_TASK",
+    "PUBLISH_RETRY_POLICY",
+    "RETRY_TASK",
+    "Outgoing",
+    "Recorder",
+    "Sender",
+    "broker_name",
+    "celery_app",
+    "check_broker",
+    "flush",
+    "flush_spool",
+    "project_celery_app",
+    "publish_transport_options",
+    "resolved_broker_url",
+    "sender",
+    "spool_status",
+    "transport_options",
+]
 
 logger = logging.getLogger("eventlib")
 
@@ -128,6 +149,8 @@ class Sender:
         #: publisher checks it before it claims spooled events, so that a
         #: process killed during an outage leaves no claim behind.
         self._broker_answered = False
+        #: The last error of the spool file reported, while it lasts.
+        self._spool_error: str | None = None
         self._recorders: list[Recorder] = []
         #: Held during the publisher's first round; a fork waits.
         self._warming_up = threading.Lock()
@@ -367,7 +390,7 @@ class Sender:
         # The first round imports what publishing needs (the broker's
         # transport, Celery's messaging, on the first publish): a fork waits
         # for it, since a process forked in the middle of an import keeps the
-        # module half imported and could never publish (see before_fork()).
+        # module half imported and could never publish (see _before_fork()).
         with self._warming_up:
             self._round(get_settings())
         while not self._stopping:
@@ -475,7 +498,10 @@ class Sender:
             still_waiting()
             return True
         except SpoolError as error:
-            logger.error("%s; the events in it wait until it can be read", error)
+            # Once, not on every round, while it stays the same.
+            if str(error) != self._spool_error:
+                self._spool_error = str(error)
+                logger.error("%s; the events in it wait until it can be read", error)
             still_waiting()
             return True
         except Exception as error:
@@ -496,6 +522,7 @@ class Sender:
                     "eventlib_published": flushed,
                 },
             )
+        self._spool_error = None
         if status.count:
             still_waiting()
         return True
@@ -643,7 +670,7 @@ class Sender:
 
     # ------------------------------------------------------ process state ---
 
-    def reset(self, _: Settings | None = None) -> None:
+    def reset(self) -> None:
         """Settings changed: publish (or spool) what the buffer holds, stop
         the thread, drop the app and the pools; all is built again from the
         new settings when next needed."""
@@ -681,17 +708,17 @@ class Sender:
             thread.join(timeout)
         self._thread = None
 
-    def before_fork(self) -> None:
+    def _before_fork(self) -> None:
         """Wait (a few seconds at most) until the publisher's first round,
         which imports what publishing needs, is over, so that the child has
         no half-imported module."""
         self._fork_waited = self._warming_up.acquire(timeout=5.0)
 
-    def after_fork_in_parent(self) -> None:
+    def _after_fork_in_parent(self) -> None:
         if self._fork_waited:
             self._warming_up.release()
 
-    def after_fork(self) -> None:
+    def _after_fork(self) -> None:
         """In a forked child: the parent's thread, buffer, pools and
         connections are the parent's; start afresh."""
         self._lock = threading.RLock()
@@ -933,13 +960,8 @@ def _create_app(settings: Settings) -> Celery:
 
 #: The sending side of this process.
 sender = Sender()
-on_change(sender.reset)
+_state.process_state(sender, built_from_settings=True)
 _flush_on_sigterm()
-os.register_at_fork(
-    before=sender.before_fork,
-    after_in_parent=sender.after_fork_in_parent,
-    after_in_child=sender.after_fork,
-)
 
 
 def celery_app() -> Celery:

@@ -27,10 +27,26 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 from uuid import UUID
 
+from . import _state
 from .exceptions import DeserializationError, SerializationError
 
 if TYPE_CHECKING:
     from .event import BaseEvent
+
+__all__ = [
+    "MAX_DEPTH",
+    "TAG",
+    "VALUE",
+    "Codec",
+    "Envelope",
+    "deserialize_event",
+    "dumps",
+    "encode",
+    "loads",
+    "refuse_constant",
+    "register_type",
+    "serialize_event",
+]
 
 T = TypeVar("T")
 
@@ -71,21 +87,55 @@ class Codec:
     decode: Callable[[Any], Any]
 
 
-_lock = threading.Lock()
-_by_tag: dict[str, Codec] = {}
-_by_type: dict[type, Codec] = {}
-_lookup_cache: dict[type, Codec | None] = {}
 _RESERVED_TAGS = frozenset({"datetime", "date", "time", "decimal", "uuid", "dict"})
 
 
-def _add(codec: Codec) -> None:
-    with _lock:
-        previous = _by_tag.get(codec.tag)
-        if previous is not None and previous.type is not codec.type:
-            _by_type.pop(previous.type, None)
-        _by_tag[codec.tag] = codec
-        _by_type[codec.type] = codec
-        _lookup_cache.clear()
+class _Codecs:
+    """The registered types: their codecs by tag and by type, the codec
+    each type met so far uses (its own or a base class's), and the lock
+    that guards them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_tag: dict[str, Codec] = {}
+        self.by_type: dict[type, Codec] = {}
+        self._of_type: dict[type, Codec | None] = {}
+
+    def add(self, codec: Codec) -> None:
+        """Register ``codec``, replacing the one of its tag."""
+        with self._lock:
+            previous = self.by_tag.get(codec.tag)
+            if previous is not None and previous.type is not codec.type:
+                self.by_type.pop(previous.type, None)
+            self.by_tag[codec.tag] = codec
+            self.by_type[codec.type] = codec
+            self._of_type.clear()
+
+    def of_type(self, kind: type) -> Codec | None:
+        """The codec of ``kind``, or of its nearest registered base class."""
+        try:
+            return self._of_type[kind]
+        except KeyError:
+            pass
+        codec = next((self.by_type[k] for k in kind.__mro__ if k in self.by_type), None)
+        self._of_type[kind] = codec
+        return codec
+
+    def _snapshot(self) -> tuple[dict[str, Codec], dict[type, Codec]]:
+        with self._lock:
+            return dict(self.by_tag), dict(self.by_type)
+
+    def _restore(self, snapshot: tuple[dict[str, Codec], dict[type, Codec]]) -> None:
+        with self._lock:
+            self.by_tag, self.by_type = dict(snapshot[0]), dict(snapshot[1])
+            self._of_type = {}
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+
+_codecs = _Codecs()
+_state.declarations(_codecs)
 
 
 @overload
@@ -155,18 +205,8 @@ def register_type(
     tag = tag if tag is not None else f"{cls.__module__}.{cls.__qualname__}"
     if tag in _RESERVED_TAGS:
         raise ValueError(f"the tag {tag!r} is reserved for eventlib's built-in types")
-    _add(Codec(cls, tag, encode, decode))
+    _codecs.add(Codec(cls, tag, encode, decode))
     return cls
-
-
-def _codec_for(kind: type) -> Codec | None:
-    try:
-        return _lookup_cache[kind]
-    except KeyError:
-        pass
-    codec = next((_by_type[k] for k in kind.__mro__ if k in _by_type), None)
-    _lookup_cache[kind] = codec
-    return codec
 
 
 def encode(value: Any, path: str = "data") -> Any:
@@ -204,7 +244,7 @@ def _encode(value: Any, path: str, depth: int) -> Any:
     if kind is list or kind is tuple:
         _check_depth(path, depth)
         return [_encode(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)]
-    codec = _codec_for(kind)
+    codec = _codecs.of_type(kind)
     if codec is not None:
         _check_depth(path, depth)
         return {TAG: codec.tag, VALUE: _encode(codec.encode(value), path, depth + 1)}
@@ -271,7 +311,7 @@ def _decode_object(obj: dict[str, Any]) -> Any:
     if TAG not in obj:
         return obj
     tag = obj[TAG]
-    codec = _by_tag.get(tag) if isinstance(tag, str) else None
+    codec = _codecs.by_tag.get(tag) if isinstance(tag, str) else None
     if codec is None or set(obj) != {TAG, VALUE}:
         raise DeserializationError(
             f"unknown tagged value {obj!r}: register its type with eventlib.register_type() "
@@ -319,7 +359,7 @@ def _loads(text: str | bytes, limit: int) -> Any:
             "(eventlib.serialization.MAX_DEPTH)"
         )
     try:
-        return json.loads(text, object_hook=_decode_object, parse_constant=_refuse_constant)
+        return json.loads(text, object_hook=_decode_object, parse_constant=refuse_constant)
     except DeserializationError:
         raise
     except ValueError as error:
@@ -345,7 +385,9 @@ def _nests_deeper(text: str, limit: int) -> bool:
     return False
 
 
-def _refuse_constant(name: str) -> Any:
+def refuse_constant(name: str) -> Any:
+    """The ``parse_constant`` of ``json.loads``: ``NaN``, ``Infinity`` and
+    ``-Infinity`` are not JSON, and raise :class:`~eventlib.DeserializationError`."""
     raise DeserializationError(f"invalid JSON payload: {name} is not JSON")
 
 
@@ -410,10 +452,10 @@ def deserialize_event(payload: str | bytes) -> Envelope:
     )
 
 
-_add(Codec(datetime, "datetime", datetime.isoformat, datetime.fromisoformat))
-_add(Codec(date, "date", date.isoformat, date.fromisoformat))
-_add(Codec(time, "time", time.isoformat, time.fromisoformat))
-_add(Codec(Decimal, "decimal", str, Decimal))
-_add(Codec(UUID, "uuid", str, UUID))
+_codecs.add(Codec(datetime, "datetime", datetime.isoformat, datetime.fromisoformat))
+_codecs.add(Codec(date, "date", date.isoformat, date.fromisoformat))
+_codecs.add(Codec(time, "time", time.isoformat, time.fromisoformat))
+_codecs.add(Codec(Decimal, "decimal", str, Decimal))
+_codecs.add(Codec(UUID, "uuid", str, UUID))
 # Decode only: a user's dict that holds the tag key travels as key/value pairs.
-_by_tag["dict"] = Codec(dict, "dict", dict, dict)
+_codecs.by_tag["dict"] = Codec(dict, "dict", dict, dict)

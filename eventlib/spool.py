@@ -38,6 +38,16 @@ from pathlib import Path
 from ._sqlite import use_wal
 from .exceptions import SpoolError
 
+__all__ = [
+    "BATCH",
+    "LEASE_SECONDS",
+    "Circuit",
+    "Destination",
+    "Spool",
+    "SpoolStatus",
+    "SpooledEvent",
+]
+
 #: How long a publisher may hold a batch before another may take it over.
 LEASE_SECONDS = 60.0
 #: How many events one claim takes at most.

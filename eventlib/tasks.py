@@ -30,6 +30,16 @@ from .conf import get_settings
 from .discovery import autodiscover
 from .sending import BATCH_TASK, PROCESS_TASK, RETRY_TASK, flush
 
+__all__ = [
+    "COUNTERS_LOG_EVERY",
+    "RETRY_TASK_NAME",
+    "TASK_NAME",
+    "log_counters",
+    "process_batch",
+    "process_event",
+    "retry_handler",
+]
+
 logger = logging.getLogger("eventlib")
 
 TASK_NAME = PROCESS_TASK

@@ -24,6 +24,10 @@ commit.  The pytest fixtures ``eventlib_logged`` and ``eventlib_processed``
 (installed with eventlib as a pytest plugin, :mod:`eventlib.contrib.pytest`)
 give a recorder of each kind for one test, fail the test on those failures
 unless it expects them, and keep dead letters in a temporary database.
+
+:func:`reset` puts eventlib's process state back as a new process has it
+(settings, counters, caches, connections), and :func:`isolated` runs a block
+on a fresh eventlib, forgetting at its end what the block declared.
 """
 
 from __future__ import annotations
@@ -40,10 +44,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import conf, dispatch
+from . import _state, conf, dispatch
+from .discovery import clear_cache
 from .processing import ProcessResult, process
 from .sending import sender
 from .serialization import deserialize_event, dumps, loads
+
+__all__ = [
+    "COMMIT_ADVICE",
+    "CapturedEvent",
+    "EventRecorder",
+    "Failure",
+    "capture_events",
+    "dead_letters_in",
+    "forget_event_classes",
+    "isolated",
+    "reset",
+]
 
 logger = logging.getLogger("eventlib")
 
@@ -242,19 +259,17 @@ def capture_events(*, run_handlers: bool = False) -> Iterator[EventRecorder]:
     (see the module documentation).  Nothing is raised for the failures:
     call :meth:`EventRecorder.assert_no_failures` for that."""
     recorder = EventRecorder(run_handlers=run_handlers)
-    hook = dispatch._transaction_hook
+    hook = dispatch.transaction_hook()
     counting = None if hook is None else recorder._counting_hook(hook)
     if counting is not None:
         dispatch.set_transaction_hook(counting)
     sender.add_recorder(recorder)
-    _active.append(recorder)
     try:
-        with _collect_failures():
+        with _collector.collecting(recorder):
             yield recorder
     finally:
-        _active.remove(recorder)
         sender.remove_recorder(recorder)
-        if counting is not None and dispatch._transaction_hook is counting:
+        if counting is not None and dispatch.transaction_hook() is counting:
             dispatch.set_transaction_hook(hook)
 
 
@@ -294,30 +309,118 @@ def _set_variable(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
+# ------------------------------------------------------------ isolation ---
+
+
+def reset() -> None:
+    """Put eventlib's process state back as a new process has it: the
+    settings read again from the environment alone (what ``configure()``
+    gave is forgotten), the sending side stopped and emptied (what its
+    buffer held is published, or spooled, first), the dead-letter database's
+    connections closed, every counter of :mod:`eventlib.metrics` at zero,
+    the event classes found and the apps discovered forgotten.
+
+    What code declared stays: event classes and handlers, the types given
+    to ``register_type()``, the transaction hook; so do the recorders of
+    the ``with`` blocks still open.  :func:`isolated` forgets declarations
+    too."""
+    _state.reset()
+
+
+@contextmanager
+def isolated() -> Iterator[None]:
+    """Run the block on a fresh eventlib, then forget what it did: at both
+    ends, :func:`reset`; at the end, the handler registry, the registered
+    types and the transaction hook are as they were at the start (events,
+    handlers and types the block declared are forgotten).  Modules the
+    block imported stay in ``sys.modules``: remove those you wrote, then
+    call :func:`forget_event_classes`.
+
+    For an autouse pytest fixture::
+
+        @pytest.fixture(autouse=True)
+        def fresh_eventlib():
+            with eventlib.testing.isolated():
+                yield
+    """
+    restore = _state.snapshot()
+    hook = dispatch.transaction_hook()
+    reset()
+    try:
+        yield
+    finally:
+        restore()
+        dispatch.set_transaction_hook(hook)
+        reset()
+
+
+def forget_event_classes() -> None:
+    """Forget which class each event name found and which apps were
+    discovered: the next ``log()`` or ``process()`` imports again the
+    events modules no longer in ``sys.modules``.  For tests that write,
+    change or remove apps."""
+    clear_cache()
+
+
 # ------------------------------------------------------------- failures ---
 
-#: The active recorders, innermost last: it is the one that gets failures.
-_active: list[EventRecorder] = []
 _EVENTLIB = Path(__file__).resolve().parent
 _LOGGING = Path(logging.__file__).resolve().parent
 
 
 class _FailureCollector(logging.Handler):
     """Hands each ERROR record eventlib writes about an event to the
-    innermost active recorder."""
+    innermost active recorder.
+
+    It is on the ``eventlib`` logger while any recorder is active, with the
+    logger open to ERROR records even where logging was configured to drop
+    them.
+    """
 
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
+        self._recorders_lock = threading.Lock()
+        #: The active recorders, innermost last: it is the one that gets failures.
+        self.active: list[EventRecorder] = []
+        self._level_before: int | None = None
+
+    @contextmanager
+    def collecting(self, recorder: EventRecorder) -> Iterator[None]:
+        """Make ``recorder`` the innermost active one inside the block."""
+        with self._recorders_lock:
+            self.active.append(recorder)
+            if len(self.active) == 1:
+                logger.addHandler(self)
+                if not logger.isEnabledFor(logging.ERROR):
+                    self._level_before = logger.level
+                    logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            with self._recorders_lock:
+                self.active.remove(recorder)
+                if not self.active:
+                    logger.removeHandler(self)
+                    if self._level_before is not None:
+                        logger.setLevel(self._level_before)
+                        self._level_before = None
+
+    def reset(self) -> None:
+        """Nothing to forget: the active recorders belong to their ``with``
+        blocks, which remove them (as they remove theirs from the sender)."""
+
+    def _after_fork(self) -> None:
+        self._recorders_lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
         event = getattr(record, "eventlib_event", None)
-        if event is None or not _active:
+        if event is None or not self.active:
             return
         if record.exc_info and record.exc_info[1] is not None:
             trace = "".join(traceback.format_exception(*record.exc_info))
         else:
             trace = _caller()
-        _active[-1]._failed(
+        self.active[-1]._failed(
             Failure(
                 event=event,
                 event_id=getattr(record, "eventlib_event_id", None),
@@ -329,34 +432,7 @@ class _FailureCollector(logging.Handler):
 
 
 _collector = _FailureCollector()
-_collecting = 0
-_collecting_lock = threading.Lock()
-_level_before: int | None = None
-
-
-@contextmanager
-def _collect_failures() -> Iterator[None]:
-    """Keep the collector on the ``eventlib`` logger while any recorder is
-    active, with the logger open to ERROR records even where logging was
-    configured to drop them."""
-    global _collecting, _level_before
-    with _collecting_lock:
-        _collecting += 1
-        if _collecting == 1:
-            logger.addHandler(_collector)
-            if not logger.isEnabledFor(logging.ERROR):
-                _level_before = logger.level
-                logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        with _collecting_lock:
-            _collecting -= 1
-            if _collecting == 0:
-                logger.removeHandler(_collector)
-                if _level_before is not None:
-                    logger.setLevel(_level_before)
-                    _level_before = None
+_state.process_state(_collector)
 
 
 def _caller() -> str:

@@ -23,6 +23,7 @@ event was lost (not completely processed before the deadline).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
@@ -40,6 +41,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from waiting import wait_for  # noqa: E402
 
 import eventlib  # noqa: E402
 from eventlib import deadletters  # noqa: E402
@@ -88,13 +91,15 @@ def delete_queue(name: str) -> None:
 
 
 def wait_until_ready(worker: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while "ready." not in log_path.read_text():
+    def ready() -> bool:
         if worker.poll() is not None:
             sys.exit(f"demo: the worker exited with {worker.returncode}:\n{log_path.read_text()}")
-        if time.monotonic() > deadline:
-            sys.exit(f"demo: the worker was not ready after {timeout:.0f}s; see {log_path}")
-        time.sleep(0.1)
+        return "ready." in log_path.read_text()
+
+    try:
+        wait_for(ready, timeout, "the worker", interval=0.1)
+    except TimeoutError:
+        sys.exit(f"demo: the worker was not ready after {timeout:.0f}s; see {log_path}")
 
 
 def completed(database: Path, logged: set[str]) -> int:
@@ -202,13 +207,17 @@ def main() -> int:
             logged.add(event_id)
         log_seconds = time.monotonic() - started
 
-        deadline = started + options.timeout
         progress = Progress(len(logged))
-        done = completed(database, logged)
-        while done < len(logged) and time.monotonic() < deadline:
-            progress.show(done)
-            time.sleep(0.02)
+
+        def all_processed() -> bool:
             done = completed(database, logged)
+            progress.show(done)
+            return done >= len(logged)
+
+        remaining = started + options.timeout - time.monotonic()
+        with contextlib.suppress(TimeoutError):  # the report says what is missing
+            wait_for(all_processed, remaining, "every event", interval=0.02)
+        done = completed(database, logged)
         progress.show(done, last=True)
         elapsed = time.monotonic() - started
     finally:

@@ -12,6 +12,7 @@ lost.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from demo import HERE, start_worker, stop_worker, wait_until_ready
+from waiting import wait_for
 
 import eventlib
 from eventlib.sending import spool_status
@@ -59,16 +61,20 @@ def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
                 connection.sendall(b"PING\r\n")
-                if connection.recv(16).startswith(b"+PONG"):
-                    return server
+                return connection.recv(16).startswith(b"+PONG")
         except OSError:
-            time.sleep(0.05)
-    sys.exit(f"drill: redis-server did not start on port {port}")
+            return False
+
+    try:
+        wait_for(answers, 30, "redis-server")
+    except TimeoutError:
+        sys.exit(f"drill: redis-server did not start on port {port}")
+    return server
 
 
 def audits(database: Path) -> Counter[str]:
@@ -132,9 +138,8 @@ def main() -> int:
         # message it is taking at the very moment Redis dies (see
         # docs/reliability.md); the drill is about the events logged during
         # the outage.
-        deadline = time.monotonic() + 60
-        while not set(before) <= set(audits(database)) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        with contextlib.suppress(TimeoutError):  # the report says what is missing
+            wait_for(lambda: set(before) <= set(audits(database)), 60, "the events before")
         print(f"  logged {len(before)} events, all processed; killing Redis")
         redis.send_signal(signal.SIGKILL)
         redis.wait(timeout=30)
@@ -146,12 +151,12 @@ def main() -> int:
         redis = start_redis(port, workdir)
         restarted = time.monotonic()
         print("  Redis restarted; waiting for the spool to drain")
-        while spool_status().count and time.monotonic() < restarted + 120:
-            time.sleep(0.1)
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: not spool_status().count, 120, "the spool to drain", interval=0.1)
         drained = time.monotonic() - restarted
         everything = set(before) | set(during)
-        while not everything <= set(audits(database)) and time.monotonic() < restarted + 180:
-            time.sleep(0.2)
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: everything <= set(audits(database)), 180, "every event", 0.2)
         processed = time.monotonic() - restarted
     finally:
         stop_worker(worker)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import socket
 import sys
 from collections.abc import Iterator
@@ -27,6 +28,16 @@ DJANGO_APPS = [
 def _isolated(isolation):
     """Every test starts from default settings and an empty registry."""
     return isolation
+
+
+@pytest.fixture
+def shop(isolation, request):
+    """The app ``shop``: the ``SHOP_EVENTS`` source of the test's module,
+    written as ``shop/events.py`` and imported; returns that module.  A test
+    module that needs more (settings, other apps) extends it with a fixture
+    of its own named ``shop``."""
+    isolation.write("shop/events.py", request.module.SHOP_EVENTS)
+    return importlib.import_module("shop.events")
 
 
 @pytest.fixture
@@ -86,7 +97,7 @@ def django_ready(tmp_path_factory: pytest.TempPathFactory) -> DjangoReady:
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))
     registry_before = HANDLER_REGISTRY._snapshot()
-    hook_before = dispatch._transaction_hook
+    hook_before = dispatch.transaction_hook()
     database = str(tmp_path_factory.mktemp("django") / "db.sqlite3")
     settings.configure(
         INSTALLED_APPS=DJANGO_APPS,
@@ -104,7 +115,7 @@ def django_ready(tmp_path_factory: pytest.TempPathFactory) -> DjangoReady:
         conf.get_settings(),
         frozenset(sys.modules),
         HANDLER_REGISTRY._snapshot(),
-        dispatch._transaction_hook,
+        dispatch.transaction_hook(),
     )
     call_command("migrate", run_syncdb=True, verbosity=0)
     HANDLER_REGISTRY._restore(registry_before)

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+import traceback
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -29,3 +33,38 @@ def read_with_deadline(fd: int, pid: int, timeout: float) -> str:
         report = pipe.read()
     assert os.waitstatus_to_exitcode(status) == 0, report
     return report
+
+
+def fork_while_held(lock: Any, child: Callable[[], str], timeout: float = 20) -> str:
+    """Fork while another thread holds ``lock``, run ``child`` in the forked
+    child and return what it returned; fail if the child deadlocks (on the
+    lock left held, say) or fails."""
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold_the_lock() -> None:
+        with lock:
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold_the_lock)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: reports on the pipe, never returns into pytest
+            code = 1
+            try:
+                os.close(read)
+                os.write(write, child().encode())
+                code = 0
+            except BaseException:
+                os.write(write, traceback.format_exc().encode())
+            finally:
+                os._exit(code)
+        os.close(write)
+        return read_with_deadline(read, pid, timeout)
+    finally:
+        release.set()
+        thread.join(10)

@@ -94,6 +94,13 @@ DEALS_EVENTS = """
             RECEIVED.append(self)
 
 
+    class Misshapen(BaseEvent):
+        public = True
+
+        def clean(self):
+            return ['not', 'a', 'mapping']
+
+
     class WideClick(DealClick):
         '''Public as a subclass of a public event.'''
 

@@ -52,10 +52,10 @@ SHOP_EVENTS = """
 
 
 @pytest.fixture
-def shop(isolation, monkeypatch):
+def shop(shop, monkeypatch):
+    """The app ``shop``, whose handler ``charge`` fails until ``SHOP_FIXED=1``."""
     monkeypatch.delenv("SHOP_FIXED", raising=False)
-    isolation.write("shop/events.py", SHOP_EVENTS)
-    return importlib.import_module("shop.events")
+    return shop
 
 
 def handlers_run(shop) -> list[str]:
@@ -123,7 +123,7 @@ def test_the_data_comes_back_exactly(shop):
 
 def failed_at(dead_letter_id: int, when: datetime) -> None:
     """Pretend the dead letter last failed at ``when``."""
-    with deadletters._engine().begin() as connection:
+    with deadletters._database.engine().begin() as connection:
         connection.execute(
             update(deadletters.TABLE)
             .where(deadletters.TABLE.c.id == dead_letter_id)

@@ -72,11 +72,6 @@ SHOP_EVENTS = """
 """
 
 
-@pytest.fixture
-def shop(isolation):
-    isolation.write("shop/events.py", SHOP_EVENTS)
-
-
 def received() -> list:
     """The events the handlers of ``shop/events.py`` received."""
     return importlib.import_module("shop.events").RECEIVED

@@ -68,7 +68,7 @@ def django_project(django_ready: DjangoReady) -> Iterator[Project]:
     registry and transaction hook its ``ready()`` installed, given back to
     eventlib as they were when the module is done."""
     registry_before = HANDLER_REGISTRY._snapshot()
-    hook_before = dispatch._transaction_hook
+    hook_before = dispatch.transaction_hook()
     HANDLER_REGISTRY._restore(django_ready.registry)
     dispatch.set_transaction_hook(django_ready.hook)
     try:

@@ -109,7 +109,7 @@ def django_site(django_ready: DjangoReady) -> Iterator[None]:
     """Django (tests/conftest.py sets it up), with this module as the URLconf
     and CSRF enforced."""
     registry_before = HANDLER_REGISTRY._snapshot()
-    hook_before = dispatch._transaction_hook
+    hook_before = dispatch.transaction_hook()
     with override_settings(
         ROOT_URLCONF=__name__,
         MIDDLEWARE=[

@@ -6,7 +6,6 @@ worker in integration/test_hostile_messages.py.)"""
 
 from __future__ import annotations
 
-import importlib
 import json
 import socket
 import sys
@@ -73,11 +72,11 @@ DEPTH_MESSAGE = (
 
 
 @pytest.fixture
-def shop(isolation) -> Any:
-    isolation.write("shop/events.py", SHOP_EVENTS)
+def shop(shop, isolation) -> Any:
+    """The app ``shop``, the only one configured, next to the app ``sidefx``."""
     isolation.write("sidefx/events.py", SIDE_EFFECTS)
     eventlib.configure(apps=["shop"])
-    return importlib.import_module("shop.events")
+    return shop
 
 
 @pytest.fixture

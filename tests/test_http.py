@@ -693,13 +693,23 @@ def test_a_clean_that_raises_answers_400_and_logs_the_traceback(server, deals, c
     assert deals.RECEIVED == []
 
 
+def test_a_clean_that_returns_no_mapping_answers_400_and_logs_the_traceback(server, deals, caplog):
+    reply = post(server, "__event__=deals.Misshapen")
+
+    assert_error(
+        reply, 400, "invalid data for the event deals.Misshapen: its clean() raised TypeError"
+    )
+    [record] = [r for r in caplog.records if r.name == "eventlib" and r.levelno == logging.ERROR]
+    assert "clean() must return a mapping or None, not list" in str(record.exc_info[1])
+
+
 def test_an_error_of_the_endpoint_itself_answers_a_json_500_and_logs_it(
     server, deals, caplog, monkeypatch
 ):
-    def broken_log_event(*args, **kwargs):
+    def broken_log_from(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(http, "log_event", broken_log_event)
+    monkeypatch.setattr(http, "log_from", broken_log_from)
     reply = post(server, "__event__=deals.DealClick&deal_id=1")
 
     assert_error(reply, 500, "internal error, logged")

@@ -5,9 +5,7 @@ records written on the way (event name, id, handler)."""
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
-import threading
 
 import pytest
 
@@ -17,7 +15,7 @@ from eventlib.http import application
 from eventlib.sending import flush_spool, spool_status
 from eventlib.serialization import deserialize_event
 
-from .forking import read_with_deadline
+from .forking import fork_while_held
 from .http_server import serve
 
 #: Nothing listens on port 1: the connection is refused at once.
@@ -33,11 +31,10 @@ SHOP_EVENTS = """
 
 
 @pytest.fixture
-def shop(isolation, tmp_path):
+def shop(shop, tmp_path):
     """The app ``shop``, its broker refusing connections, its spool in
     ``tmp_path``, no flusher thread racing the test (it would try again in
-    an hour), and every counter at zero."""
-    isolation.write("shop/events.py", SHOP_EVENTS)
+    an hour); every counter is at zero (as in every test)."""
     eventlib.configure(
         apps=["shop"],
         broker_url=REFUSED_BROKER,
@@ -46,9 +43,7 @@ def shop(isolation, tmp_path):
         spool_probe_interval=3600,
         dispatch="direct",
     )
-    metrics.reset()
-    yield
-    metrics.reset()
+    return shop
 
 
 def counters(*names: str) -> dict[str, int]:
@@ -105,34 +100,14 @@ def queued_task_ids(app) -> list[str]:
 
 def test_the_counters_of_a_forked_child_start_from_zero_with_a_free_lock(shop):
     metrics.increment("logged", 2)
+
+    def in_the_child() -> str:
+        metrics.increment("spooled")  # blocks forever on a lock left held
+        snapshot = metrics.snapshot()
+        return f"{snapshot['logged']} {snapshot['spooled']}"
+
     # Fork while another thread holds the counters' lock.
-    holding = threading.Event()
-    release = threading.Event()
-
-    def hold_the_lock() -> None:
-        with metrics._lock:
-            holding.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=hold_the_lock)
-    thread.start()
-    try:
-        assert holding.wait(10)
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: reports on the pipe, never returns into pytest
-            try:
-                os.close(read)
-                metrics.increment("spooled")  # blocks forever on a lock left held
-                snapshot = metrics.snapshot()
-                os.write(write, f"{snapshot['logged']} {snapshot['spooled']}".encode())
-            finally:
-                os._exit(0)
-        os.close(write)
-        report = read_with_deadline(read, pid, timeout=20)
-    finally:
-        release.set()
-        thread.join(10)
+    report = fork_while_held(metrics._counters._lock, in_the_child)
 
     assert report == "0 1"
     assert counters("logged", "spooled") == {"logged": 2, "spooled": 0}

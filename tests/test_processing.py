@@ -94,12 +94,6 @@ ALL_REFUND_HANDLERS = (
 )
 
 
-@pytest.fixture
-def shop(isolation):
-    isolation.write("shop/events.py", SHOP_EVENTS)
-    return importlib.import_module("shop.events")
-
-
 def payload_of(event_class, data, **kwargs) -> tuple[str, str]:
     event = event_class(data, **kwargs)
     return event.id, serialize_event(event)

@@ -1,16 +1,15 @@
-"""The ``handler`` decorator, ``HANDLER_REGISTRY`` and ``BaseEvent`` instances."""
+"""The ``handler`` decorator and ``HANDLER_REGISTRY``."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 from collections.abc import Mapping
-from datetime import timedelta
 
 import pytest
 
 import eventlib
-from eventlib import HANDLER_REGISTRY, BaseEvent, InvalidEventName, ValidationError, handler
+from eventlib import HANDLER_REGISTRY, InvalidEventName, handler
 from eventlib.registry import MAX_RETRY_DELAY, HandlerOptions, handler_name
 
 SHOP_EVENTS = """
@@ -40,14 +39,6 @@ SHOP_EVENTS = """
 def import_fresh(name):
     sys.modules.pop(name, None)
     return importlib.import_module(name)
-
-
-@pytest.fixture
-def shop(isolation):
-    """The ``shop`` app: ``shop.Refund`` with three method handlers and
-    ``shop.Quiet`` with none."""
-    isolation.write("shop/events.py", SHOP_EVENTS)
-    return importlib.import_module("shop.events")
 
 
 # ------------------------------------------------------------- ordering ---
@@ -118,22 +109,6 @@ def test_function_handlers_registered_before_the_event_class_is_declared(isolati
     shop = importlib.import_module("shop.events")
 
     assert HANDLER_REGISTRY[shop.Refund][-1] is audit.on_refund
-
-
-def test_event_names_follow_the_app(shop, isolation):
-    isolation.write(
-        "shop/orders/events.py",
-        """
-        from eventlib import BaseEvent
-
-        class Refund(BaseEvent):
-            pass
-        """,
-    )
-    orders = importlib.import_module("shop.orders.events")
-
-    assert shop.Refund.name == "shop.Refund"
-    assert orders.Refund.name == "shop.orders.Refund"
 
 
 def test_app_pattern_matches_only_the_app_itself(shop, isolation):
@@ -667,113 +642,3 @@ def test_a_zero_backoff_retries_at_once():
 def test_the_default_backoff_is_two_seconds():
     delays = [HandlerOptions().delay(1) for _ in range(100)]
     assert all(1.0 <= delay <= 3.0 for delay in delays)
-
-
-# ------------------------------------------------------------ BaseEvent ---
-
-
-def test_event_instance_has_its_name(shop):
-    assert shop.Refund().name == "shop.Refund"
-
-
-def test_event_data_is_a_copy_of_the_given_mapping(shop):
-    given = {"deal_id": 1}
-    event = shop.Refund(given)
-    given["code"] = "X"
-    event.data["amount"] = 10
-
-    assert event.data == {"deal_id": 1, "amount": 10}
-    assert given == {"deal_id": 1, "code": "X"}
-    assert type(event.data) is dict
-
-
-def test_event_data_defaults_to_an_empty_dict(shop):
-    assert shop.Refund().data == {}
-
-
-def test_event_id_is_a_string_unique_per_instance(shop):
-    ids = {shop.Refund().id for _ in range(50)}
-
-    assert len(ids) == 50
-    assert all(isinstance(event_id, str) and event_id for event_id in ids)
-
-
-def test_event_created_at_is_timezone_aware_utc(shop):
-    created_at = shop.Refund().created_at
-
-    assert created_at.tzinfo is not None
-    assert created_at.utcoffset() == timedelta(0)
-
-
-def test_require_data_keys_lists_missing_keys_in_the_order_given(shop):
-    event = shop.Refund({"amount": 10})
-
-    with pytest.raises(ValidationError) as raised:
-        event.require_data_keys(["deal_id", "amount", "code"])
-    assert str(raised.value) == "The following keys are missing: deal_id, code"
-
-    with pytest.raises(ValidationError) as raised:
-        event.require_data_keys(["code", "deal_id"])
-    assert str(raised.value) == "The following keys are missing: code, deal_id"
-
-
-def test_require_data_keys_passes_when_every_key_is_present(shop):
-    event = shop.Refund({"deal_id": 1, "code": "X"})
-
-    assert event.require_data_keys(["deal_id", "code"]) is None
-
-
-@pytest.fixture
-def cleaning(isolation):
-    isolation.write(
-        "shop/events.py",
-        """
-        from eventlib import BaseEvent
-
-        class Normalised(BaseEvent):
-            def clean(self):
-                return {"code": self.data["code"].upper(), "checked": True}
-
-        class Kept(BaseEvent):
-            def clean(self):
-                self.require_data_keys(["code"])
-
-        class Broken(BaseEvent):
-            def clean(self):
-                return ["code"]
-        """,
-    )
-    return importlib.import_module("shop.events")
-
-
-def test_validate_applies_the_mapping_returned_by_clean(cleaning):
-    event = cleaning.Normalised({"code": "abc"})
-    event.validate()
-
-    assert event.data == {"code": "ABC", "checked": True}
-
-
-def test_validate_keeps_the_data_when_clean_returns_none(cleaning):
-    event = cleaning.Kept({"code": "abc"})
-    data = event.data
-    event.validate()
-
-    assert event.data is data
-    assert event.data == {"code": "abc"}
-
-
-def test_validate_raises_what_clean_raises(cleaning):
-    with pytest.raises(ValidationError, match=r"^The following keys are missing: code$"):
-        cleaning.Kept({}).validate()
-
-
-def test_validate_refuses_a_clean_that_returns_a_non_mapping(cleaning):
-    event = cleaning.Broken({"code": "abc"})
-
-    with pytest.raises(TypeError, match=r"Broken\.clean\(\) must return a mapping or None"):
-        event.validate()
-    assert event.data == {"code": "abc"}
-
-
-def test_base_event_clean_accepts_anything():
-    assert BaseEvent({"anything": 1}).clean() is None

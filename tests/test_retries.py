@@ -81,14 +81,6 @@ SHOP_EVENTS = """
 """
 
 
-@pytest.fixture
-def shop(isolation):
-    isolation.write("shop/events.py", SHOP_EVENTS)
-    metrics.reset()
-    yield importlib.import_module("shop.events")
-    metrics.reset()
-
-
 def receive_all(app: Celery) -> list:
     """Every message waiting in the ``eventlib`` queue."""
     messages = []

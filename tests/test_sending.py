@@ -17,17 +17,12 @@ from eventlib.sending import sender, spool_status
 
 from .forking import read_with_deadline
 
-EVENTS = """
+SHOP_EVENTS = """
     from eventlib import BaseEvent
 
     class Purchase(BaseEvent):
         pass
 """
-
-
-@pytest.fixture
-def shop(isolation):
-    isolation.write("shop/events.py", EVENTS)
 
 
 def messages(app: Celery, queue_name: str = "eventlib") -> list:

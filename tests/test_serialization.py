@@ -36,17 +36,6 @@ TAG = "__eventlib__"
 # ------------------------------------------------------------- helpers ---
 
 
-@pytest.fixture(autouse=True)
-def _restore_codecs():
-    """Registered types are global: put the registry back as it was."""
-    registries = (serialization._by_tag, serialization._by_type, serialization._lookup_cache)
-    saved = [dict(registry) for registry in registries]
-    yield
-    for registry, snapshot in zip(registries, saved, strict=True):
-        registry.clear()
-        registry.update(snapshot)
-
-
 class Foo:
     """Nothing eventlib knows how to serialize."""
 
@@ -643,10 +632,10 @@ def test_register_type_refuses_a_non_class():
 
 @pytest.mark.parametrize("tag", ["datetime", "date", "time", "decimal", "uuid", "dict"])
 def test_reserved_tags_raise_value_error_and_change_nothing(tag):
-    before = (dict(serialization._by_tag), dict(serialization._by_type))
+    before = serialization._codecs._snapshot()
     with pytest.raises(ValueError, match=f"the tag '{tag}' is reserved"):
         register_type(Point, encode=lambda p: [p.x, p.y], decode=lambda v: Point(*v), tag=tag)
-    assert (serialization._by_tag, serialization._by_type) == before
+    assert serialization._codecs._snapshot() == before
     structure = {
         "dt": datetime(2024, 1, 1, 1, 1),
         "d": date(2024, 1, 1),

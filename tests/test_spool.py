@@ -20,13 +20,6 @@ def spool(tmp_path):
     return Spool(tmp_path / "spool.sqlite", HERE)
 
 
-def wait_until(condition, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def fill(spool: Spool, count: int) -> list[str]:
     ids = [f"id-{n}" for n in range(count)]
     for event_id in ids:

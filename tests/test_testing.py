@@ -5,14 +5,18 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 from datetime import timedelta
 
 import pytest
 
 import eventlib
-from eventlib import conf, deadletters, dispatch
+from eventlib import SerializationError, conf, deadletters, dispatch, metrics, testing
+from eventlib.discovery import find_event
 from eventlib.processing import ProcessResult
+from eventlib.registry import HANDLER_REGISTRY, handler_name
 from eventlib.sending import spool_status
+from eventlib.serialization import dumps
 from eventlib.testing import CapturedEvent, Failure, capture_events, dead_letters_in
 
 pytest_plugins = ["pytester"]
@@ -63,9 +67,10 @@ UNREACHABLE_BROKER = "amqp://guest:guest@127.0.0.1:1//"
 
 
 @pytest.fixture
-def shop(isolation):
-    isolation.write("shop/events.py", SHOP_EVENTS)
+def shop(shop):
+    """The app ``shop``, its broker unreachable."""
     eventlib.configure(always_eager=False, broker_url=UNREACHABLE_BROKER)
+    return shop
 
 
 def calls() -> list:
@@ -379,7 +384,7 @@ def test_events_held_for_a_commit_are_counted_until_it_comes(shop):
     dispatch.set_transaction_hook(held.append)
 
     with capture_events() as events:
-        assert dispatch._transaction_hook is not held.append
+        assert dispatch.transaction_hook() is not held.append
         eventlib.log("shop.Refund", {"order_id": 1}, on_commit=True)
         eventlib.log("shop.Refund", {"order_id": 2}, on_commit=True)
         assert (len(held), events.waiting_for_commit, len(events)) == (2, 2, 0)
@@ -391,7 +396,7 @@ def test_events_held_for_a_commit_are_counted_until_it_comes(shop):
         assert (events.waiting_for_commit, len(events)) == (1, 1)
         events.assert_logged("shop.Refund", {"order_id": 1})
 
-    assert dispatch._transaction_hook == held.append
+    assert dispatch.transaction_hook() == held.append
     assert str(error.value) == (
         "expected the event shop.Refund {'order_id': 1} to be logged; logged:\n"
         "  nothing\n"
@@ -444,6 +449,66 @@ def test_dead_letters_in_a_directory_then_back_to_the_configured_url(shop, tmp_p
         assert conf.get_settings().dead_letter_url == url != configured
 
     assert conf.get_settings().dead_letter_url == configured
+
+
+# -------------------------------------------------------------- isolation ---
+
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+
+def declare_all_kinds() -> list:
+    """A transaction hook, a registered type and a handler; returns the hook's list."""
+    held = []
+    dispatch.set_transaction_hook(held.append)
+    eventlib.register_type(Point, encode=lambda p: p.x, decode=Point, tag="test.point")
+
+    @eventlib.handler("shop.Refund")
+    def notify(event):
+        pass
+
+    return held
+
+
+def test_reset_puts_the_process_state_back_and_keeps_declarations(isolation):
+    path = isolation.write("shop/events.py", SHOP_EVENTS)
+    first = find_event("shop.Refund")
+    held = declare_all_kinds()
+    eventlib.configure(queue="refunds")
+    metrics.increment("logged")
+    # A new shop/events.py module, which only a lookup that forgot the class imports.
+    sys.modules.pop("shop.events")
+    path.write_text(path.read_text())
+
+    testing.reset()
+
+    assert conf.get_settings().queue == conf.Settings().queue
+    assert metrics.snapshot()["logged"] == 0
+    refund = find_event("shop.Refund")
+    assert refund is not first
+    assert dispatch.transaction_hook() == held.append
+    assert dumps(Point(3)) == '{"__eventlib__":"test.point","value":3}'
+    assert [handler_name(f) for f in HANDLER_REGISTRY[refund]][-1].endswith("notify")
+
+
+def test_isolated_starts_afresh_and_forgets_what_the_block_declared(isolation):
+    isolation.write("shop/events.py", SHOP_EVENTS)
+    eventlib.configure(queue="refunds")
+
+    with testing.isolated():
+        assert conf.get_settings().queue == conf.Settings().queue
+        refund = find_event("shop.Refund")
+        held = declare_all_kinds()
+        metrics.increment("logged")
+        assert dispatch.transaction_hook() == held.append
+
+    assert refund not in HANDLER_REGISTRY
+    assert dispatch.transaction_hook() is None
+    with pytest.raises(SerializationError, match="cannot serialize object of type Point"):
+        dumps(Point(3))
+    assert metrics.snapshot()["logged"] == 0
 
 
 # ---------------------------------------------------------- pytest plugin ---

@@ -23,6 +23,8 @@ import pytest
 
 from eventlib.testing import EventRecorder, capture_events, dead_letters_in
 
+__all__ = ["eventlib_logged", "eventlib_processed", "pytest_runtest_call"]
+
 #: The recorders of a test's fixtures, which its call checks for failures.
 _RECORDERS = pytest.StashKey[list[EventRecorder]]()
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from kombu.transport import TRANSPORT_ALIASES
 
+__all__ = ["DEFAULT_PATH", "SCHEME", "url_for"]
+
 SCHEME = "eventlib+sqlite"
 DEFAULT_PATH = "eventlib-broker.sqlite"
 

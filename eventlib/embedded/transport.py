@@ -8,6 +8,8 @@ from typing import Any
 from kombu.transport import sqlalchemy
 from sqlalchemy import delete
 
+__all__ = ["CLEANUP_EVERY", "Channel", "Transport"]
+
 #: Delete taken rows after this many messages were taken by one channel.
 CLEANUP_EVERY = 200
 

@@ -17,7 +17,6 @@ import os
 import select
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import pytest
 
 from eventlib.http import make_application
+
+from ..waiting import wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -50,19 +51,6 @@ CONNECTION = "eventlib.tests.connection"
 def browser_required() -> bool:
     """CI sets EVENTLIB_REQUIRE_BROWSER=1: a missing browser fails there."""
     return os.environ.get("EVENTLIB_REQUIRE_BROWSER") == "1"
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
-    """Poll ``condition()`` until it returns something true, and return it;
-    fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout}s in vain for {what or condition}")
-        time.sleep(0.01)
 
 
 # ----------------------------------------------------------------- server ---

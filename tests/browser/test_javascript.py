@@ -21,7 +21,8 @@ import pytest
 import eventlib
 from eventlib.http import make_application
 
-from .conftest import CHROMIUM, Site, wait_for
+from ..waiting import wait_for
+from .conftest import CHROMIUM, Site
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists() and os.environ.get("EVENTLIB_REQUIRE_BROWSER") != "1",

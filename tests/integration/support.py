@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ import pytest
 from kombu.utils.url import url_to_parts
 
 import eventlib
+
+from ..waiting import wait_for
 
 BROKERS = {
     "redis": ("EVENTLIB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -34,19 +36,6 @@ DEFAULT_PORTS = {"redis": 6379, "amqp": 5672}
 
 #: What a worker writes once it takes messages.
 READY = "ready."
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after
-    ``timeout`` seconds saying ``what`` was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def queue_exists(url: str, name: str) -> bool:

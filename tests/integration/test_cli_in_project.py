@@ -18,7 +18,8 @@ from eventlib.embedded import url_for
 
 from ..test_cli import handler_lines
 from ..test_cli_project import EVENTLIB, eventlib_in, project_environment, write_project
-from .support import READY, wait_for
+from ..waiting import wait_for
+from .support import READY
 
 
 @pytest.mark.parametrize(

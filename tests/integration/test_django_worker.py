@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from .support import Worker, wait_for
+from ..waiting import wait_for
+from .support import Worker
 
 SETTINGS = """
     import os

@@ -15,7 +15,8 @@ import eventlib
 from eventlib import SerializationError, conf, deadletters
 from eventlib.sending import celery_app
 
-from .support import Project, wait_for
+from ..waiting import wait_for
+from .support import Project
 
 pytestmark = pytest.mark.parametrize("broker", ["redis"], indirect=True)
 

@@ -25,7 +25,8 @@ import eventlib
 from eventlib import metrics
 from eventlib.sending import spool_status
 
-from .support import Project, wait_for
+from ..waiting import wait_for
+from .support import Project
 
 #: Redis gives back a message a dead connection had taken after this long;
 #: short, so that the in-flight events of the outage come back in seconds.

@@ -21,7 +21,8 @@ from kombu import Connection
 import eventlib
 from eventlib.sending import spool_status
 
-from .support import Project, wait_for
+from ..waiting import wait_for
+from .support import Project
 from .test_outage import crash_a_flusher_after_its_first_publish, log_through_a_broker_kill, quiet
 
 #: The start script itself: Debian's /usr/sbin/rabbitmq-server is a wrapper

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import eventlib
 
+from ..waiting import wait_for
 from . import test_outage
-from .support import Project, Worker, wait_for
+from .support import Project, Worker
 from .test_outage import PrivateRedis
 
 # A Redis of the test's own (appendonly, so that a restart loses nothing),

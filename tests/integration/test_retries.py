@@ -17,7 +17,8 @@ from collections import Counter
 import eventlib
 from eventlib import deadletters
 
-from .support import Project, wait_for
+from ..waiting import wait_for
+from .support import Project
 
 EVENTS = 4
 HANDLERS = ("ledger", "flaky", "broken", "notify")

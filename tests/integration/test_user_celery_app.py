@@ -15,7 +15,8 @@ from celery import Celery
 
 import eventlib
 
-from .support import Worker, wait_for
+from ..waiting import wait_for
+from .support import Worker
 
 USER_APP = """
 import os

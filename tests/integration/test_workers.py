@@ -8,7 +8,8 @@ import pytest
 
 import eventlib
 
-from .support import Worker, wait_for
+from ..waiting import wait_for
+from .support import Worker
 
 EVENTS = 300
 HANDLERS = ("count_sale", "add_points", "audit")

@@ -21,6 +21,8 @@ from eventlib.dispatch import set_sync_runner, set_transaction_hook
 from eventlib.exceptions import ConfigurationError
 from eventlib.sending import project_celery_app
 
+__all__ = ["HTTP_SETTING", "SETTING_NAMES", "EventlibConfig", "configure_from_settings"]
+
 #: Each Django setting eventlib reads and the eventlib setting it gives:
 #: ``EVENTLIB_BROKER_URL`` gives ``broker_url``.
 SETTING_NAMES = {ENV_PREFIX + field.name.upper(): field.name for field in fields(Settings)}

@@ -42,6 +42,16 @@ from eventlib.http import BodyTooLarge, Options, Request, RequestError, Response
 
 from .apps import HTTP_SETTING
 
+__all__ = [
+    "CSRF_FIELD",
+    "OPTION_NAMES",
+    "CsrfRefused",
+    "check_csrf",
+    "log_event",
+    "options_from_settings",
+    "script",
+]
+
 #: The options ``EVENTLIB_HTTP`` may give: those of :class:`eventlib.http.Options`
 #: but ``path``, which is where the URLconf includes the views.
 OPTION_NAMES = tuple(field.name for field in fields(Options) if field.name != "path")
