@@ -12,7 +12,6 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
-from celery import Celery
 from celery.signals import worker_process_shutdown
 
 import eventlib
@@ -20,6 +19,8 @@ from eventlib import deadletters, metrics, tasks
 from eventlib.processing import HandlerFailure, retry_handler
 from eventlib.sending import celery_app
 from eventlib.serialization import serialize_event
+
+from .memory_broker import take_messages
 
 SHOP_EVENTS = """
     import sys
@@ -79,23 +80,6 @@ SHOP_EVENTS = """
             DEPTHS.append(stack_depth())
             raise RuntimeError('never')
 """
-
-
-def receive_all(app: Celery) -> list:
-    """Every message waiting in the ``eventlib`` queue."""
-    messages = []
-    with app.connection_for_read() as connection:
-        queue = connection.SimpleQueue("eventlib")
-        try:
-            while True:
-                try:
-                    message = queue.get(block=False)
-                except queue.Empty:
-                    return messages
-                message.ack()
-                messages.append(message)
-        finally:
-            queue.close()
 
 
 def letters() -> list[tuple]:
@@ -259,7 +243,7 @@ def test_a_failed_handler_is_sent_alone_to_run_later_on_eventlib_s_queue(shop, m
     assert Counter(shop.RUNS) == Counter(ledger=1, flaky=1, broken=1, fragile=1, notify=1)
     assert result.retrying == ("shop.events.Refund.flaky", "shop.events.Refund.broken")
     assert letters() == []
-    messages = receive_all(memory_app)
+    messages = take_messages(memory_app)
     assert [m.headers["task"] for m in messages] == ["eventlib.retry_handler"] * 2
     assert [m.decode()[:2] for m in messages] == [
         [["shop.Refund", payload, "shop.events.Refund.flaky", 2], {}],
@@ -285,7 +269,7 @@ def test_the_retry_task_runs_only_its_handler_until_the_last_retry(shop, memory_
         {"handler": "shop.events.Refund.broken", "error": "RuntimeError('broken, run 1')"},
     )
     assert second.retrying == ("shop.events.Refund.broken",)
-    [message] = receive_all(memory_app)
+    [message] = take_messages(memory_app)
     args, _, _ = message.decode()
     assert args == ["shop.Refund", payload, "shop.events.Refund.broken", 3]
     delay = (datetime.fromisoformat(message.headers["eta"]) - datetime.now(UTC)).total_seconds()
@@ -295,7 +279,7 @@ def test_the_retry_task_runs_only_its_handler_until_the_last_retry(shop, memory_
 
     assert shop.RUNS == ["broken", "broken"]
     assert third.retrying == ()
-    assert receive_all(memory_app) == []
+    assert take_messages(memory_app) == []
     assert letters() == [
         ("shop.Refund", "shop.events.Refund.broken", 3, "RuntimeError: broken, run 2")
     ]
@@ -312,7 +296,7 @@ def test_the_tasks_run_the_handlers_send_the_retries_and_return_none(shop, memor
     assert process.apply(args=("shop.Refund", payload)).get() is None
 
     assert Counter(shop.RUNS) == Counter(ledger=1, flaky=1, broken=1, fragile=1, notify=1)
-    assert [m.decode()[0] for m in receive_all(memory_app)] == [
+    assert [m.decode()[0] for m in take_messages(memory_app)] == [
         ["shop.Refund", payload, "shop.events.Refund.flaky", 2],
         ["shop.Refund", payload, "shop.events.Refund.broken", 2],
     ]
@@ -321,7 +305,7 @@ def test_the_tasks_run_the_handlers_send_the_retries_and_return_none(shop, memor
     assert retry.apply(args=args).get() is None
 
     assert Counter(shop.RUNS)["broken"] == 2
-    assert receive_all(memory_app) == []
+    assert take_messages(memory_app) == []
     assert letters() == [
         ("shop.Refund", "shop.events.Refund.broken", 3, "RuntimeError: broken, run 2")
     ]
@@ -336,7 +320,7 @@ def test_a_retry_that_succeeds_leaves_nothing_behind(shop, memory_app):
 
     assert result.succeeded == ("shop.events.Refund.flaky",)
     assert (result.failed, result.retrying) == ((), ())
-    assert receive_all(memory_app) == []
+    assert take_messages(memory_app) == []
     assert letters() == []
 
 

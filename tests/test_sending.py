@@ -7,15 +7,17 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
-from celery import Celery
 
 import eventlib
 from eventlib import DispatchError, metrics
 from eventlib.sending import sender, spool_status
 
 from .forking import read_with_deadline
+from .memory_broker import take_messages
 
 SHOP_EVENTS = """
     from eventlib import BaseEvent
@@ -23,23 +25,6 @@ SHOP_EVENTS = """
     class Purchase(BaseEvent):
         pass
 """
-
-
-def messages(app: Celery, queue_name: str = "eventlib") -> list:
-    """Every message waiting in ``queue_name``, taken from it."""
-    taken = []
-    with app.connection_for_read() as connection:
-        queue = connection.SimpleQueue(queue_name)
-        try:
-            while True:
-                try:
-                    message = queue.get(block=False)
-                except queue.Empty:
-                    return taken
-                message.ack()
-                taken.append(message)
-        finally:
-            queue.close()
 
 
 def events_in(found: list) -> list[str]:
@@ -55,6 +40,25 @@ def events_in(found: list) -> list[str]:
     return ids
 
 
+@contextmanager
+def publishes_held() -> Iterator[threading.Event]:
+    """Make the publisher wait, before each publish, until the event given
+    is set (10 s at most)."""
+    release = threading.Event()
+    publish = sender._publish
+
+    def held_publish(*args, **kwargs):
+        release.wait(10)
+        return publish(*args, **kwargs)
+
+    sender._publish = held_publish
+    try:
+        yield release
+    finally:
+        release.set()
+        del sender._publish
+
+
 def test_the_default_mode_is_background():
     assert eventlib.configure().dispatch == "background"
 
@@ -66,7 +70,7 @@ def test_every_mode_delivers_each_event_once_in_order(shop, memory_app, mode):
     ids = [eventlib.log("shop.Purchase", {"n": n}) for n in range(250)]
 
     assert eventlib.flush(timeout=10)
-    assert events_in(messages(memory_app)) == ids
+    assert events_in(take_messages(memory_app)) == ids
     assert spool_status().count == (0)
 
 
@@ -76,7 +80,7 @@ def test_a_lone_event_goes_alone_at_once_as_eventlib_process(shop, memory_app):
     event_id = eventlib.log("shop.Purchase", {})
 
     assert eventlib.flush(timeout=10)
-    [message] = messages(memory_app)
+    [message] = take_messages(memory_app)
     assert message.headers["task"] == "eventlib.process"
     assert message.headers["id"] == event_id
 
@@ -99,7 +103,7 @@ def test_events_waiting_together_go_in_batches_bounded_in_count_and_bytes(shop, 
         assert eventlib.flush(timeout=10)
     finally:
         del sender._publish
-    found = messages(memory_app)
+    found = take_messages(memory_app)
 
     assert events_in(found) == small + large
     sizes = [len(m.decode()[0][0]) if m.headers["task"].endswith("batch") else 1 for m in found]
@@ -118,22 +122,14 @@ def test_events_waiting_together_go_in_batches_bounded_in_count_and_bytes(shop, 
 
 def test_log_returns_before_the_event_is_published_in_background_mode(shop, memory_app):
     eventlib.configure(celery_app=memory_app)
-    release = threading.Event()
-    publish = sender._publish
 
-    def held_publish(*args, **kwargs):
-        release.wait(10)
-        return publish(*args, **kwargs)
-
-    sender._publish = held_publish
-    try:
+    with publishes_held() as release:
         event_id = eventlib.log("shop.Purchase", {})
-        assert messages(memory_app) == []  # log() did not wait for the broker
+        assert take_messages(memory_app) == []  # log() did not wait for the broker
         release.set()
         assert eventlib.flush(timeout=10)
-    finally:
-        del sender._publish
-    assert events_in(messages(memory_app)) == [event_id]
+
+    assert events_in(take_messages(memory_app)) == [event_id]
 
 
 @pytest.mark.parametrize("mode", ["background", "spool"])
@@ -157,22 +153,12 @@ def test_a_full_buffer_spools_in_the_caller(shop, refusing_port):
     eventlib.configure(
         broker_url=f"redis://127.0.0.1:{refusing_port}/0", broker_timeout=0.5, buffer_size=5
     )
-    release = threading.Event()
-    publish = sender._publish
-
-    def held_publish(*args, **kwargs):
-        release.wait(10)
-        return publish(*args, **kwargs)
-
-    sender._publish = held_publish
-    try:
+    with publishes_held() as release:
         for n in range(12):
             eventlib.log("shop.Purchase", {"n": n})
         assert spool_status().count >= 6  # what the buffer could not hold
         release.set()
         eventlib.flush(timeout=10)
-    finally:
-        del sender._publish
     assert spool_status().count == 12
 
 
@@ -216,7 +202,7 @@ def test_log_recovers_after_an_outage_in_which_the_spool_could_not_be_written(
     finally:
         del sender._publish
         eventlib.sending.check_broker = check
-    assert events_in(messages(memory_app)) == [event_id]
+    assert events_in(take_messages(memory_app)) == [event_id]
 
 
 def test_events_of_another_broker_stay_in_the_spool(shop, refusing_port, memory_app, tmp_path):
@@ -240,7 +226,7 @@ def test_events_of_another_broker_stay_in_the_spool(shop, refusing_port, memory_
         "eventlib",
         1,
     )
-    assert messages(memory_app) == []
+    assert take_messages(memory_app) == []
 
 
 def test_a_forked_child_publishes_with_a_publisher_of_its_own(shop, memory_app):
@@ -282,7 +268,7 @@ def test_a_forked_child_publishes_with_a_publisher_of_its_own(shop, memory_app):
     child_ids = report.split()[1:]
     # The memory broker lives in each process's memory: the parent's queue
     # holds only the parent's event.
-    assert events_in(messages(memory_app)) == [parent_id]
+    assert events_in(take_messages(memory_app)) == [parent_id]
     assert parent_id not in child_ids
 
 
@@ -295,7 +281,7 @@ def _log_in_child() -> str:
         if thread is None or thread.name != "eventlib-publisher":
             return f"no publisher of the child's own: {thread}"
         app = sender.app()
-        found = events_in(messages(app))
+        found = events_in(take_messages(app))
         if found != ids:
             return f"the child published {found}, expected {ids}"
         return "ok " + " ".join(ids)
@@ -340,7 +326,7 @@ def test_a_spool_file_that_cannot_be_read_is_named_in_the_log_and_events_still_g
     event_id = eventlib.log("shop.Purchase", {})
 
     assert eventlib.flush(timeout=10)
-    assert events_in(messages(memory_app)) == [event_id]
+    assert events_in(take_messages(memory_app)) == [event_id]
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == [
         f"the spool file {spool_path} cannot be read: file is not a database; "

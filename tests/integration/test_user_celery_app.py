@@ -28,20 +28,29 @@ app = Celery("proj", broker=os.environ["EVENTLIB_BROKER_URL"], include=["eventli
 """
 
 
+def start_project_worker(
+    project, isolation, *options: str, env: dict[str, str] | None = None, cwd=None
+) -> Worker:
+    """The project's own ``celery -A proj worker *options``, ready."""
+    isolation.write("proj/__init__.py", USER_APP)
+    worker = Worker(
+        project.environment() if env is None else env,
+        project.tmp_path / "celery.log",
+        "proj",
+        command=["celery", "-A", "proj", "worker", *options],
+        cwd=cwd,
+    )
+    project.workers.append(worker)
+    worker.wait_ready()
+    return worker
+
+
 @pytest.mark.parametrize("broker", ["amqp", "redis"], indirect=True)
 def test_events_published_with_the_users_app_are_processed_by_its_worker(
     project, isolation, broker
 ):
-    isolation.write("proj/__init__.py", USER_APP)
     queue = project.settings["EVENTLIB_QUEUE"]
-    worker = Worker(
-        project.environment(),
-        project.tmp_path / "celery.log",
-        "proj",
-        command=["celery", "-A", "proj", "worker", "--queues", queue],
-    )
-    project.workers.append(worker)
-    worker.wait_ready()
+    worker = start_project_worker(project, isolation, "--queues", queue)
     project.configure_here()
     eventlib.configure(celery_app=Celery("proj", broker=broker, set_as_current=False))
 
@@ -75,19 +84,12 @@ def test_a_script_and_the_projects_worker_run_from_the_projects_folder(project, 
     folder, nothing on PYTHONPATH, finds the ``shop`` app it discovers; a
     script run from there logs a burst and ends at once, without a flush,
     and every event is published (in batches) and processed once."""
-    isolation.write("proj/__init__.py", USER_APP)
     (isolation.root / "log_purchases.py").write_text(LOGGING_SCRIPT)
     env = {key: value for key, value in project.environment().items() if key != "PYTHONPATH"}
     queue = project.settings["EVENTLIB_QUEUE"]
-    worker = Worker(
-        env,
-        project.tmp_path / "celery.log",
-        "proj",
-        command=["celery", "-A", "proj", "worker", "--queues", queue],
-        cwd=isolation.root,
+    worker = start_project_worker(
+        project, isolation, "--queues", queue, env=env, cwd=isolation.root
     )
-    project.workers.append(worker)
-    worker.wait_ready()
 
     script = subprocess.run(
         [sys.executable, "log_purchases.py", "300"],
@@ -116,16 +118,8 @@ def test_a_script_and_the_projects_worker_run_from_the_projects_folder(project, 
 def test_a_plain_celery_worker_consumes_eventlib_s_queue_and_says_so(project, isolation):
     """``celery -A proj worker`` with no ``-Q``: Celery alone would consume
     only its ``celery`` queue and leave every event waiting, silently."""
-    isolation.write("proj/__init__.py", USER_APP)
     queue = project.settings["EVENTLIB_QUEUE"]
-    worker = Worker(
-        project.environment(),
-        project.tmp_path / "celery.log",
-        "proj",
-        command=["celery", "-A", "proj", "worker"],
-    )
-    project.workers.append(worker)
-    worker.wait_ready()
+    worker = start_project_worker(project, isolation)
     project.configure_here()
 
     ids = [eventlib.log("shop.Purchase", {"sku": f"sku-{n}"}) for n in range(10)]
@@ -141,16 +135,8 @@ def test_a_plain_celery_worker_consumes_eventlib_s_queue_and_says_so(project, is
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
 def test_a_celery_worker_whose_queues_leave_out_eventlib_s_warns(project, isolation):
-    isolation.write("proj/__init__.py", USER_APP)
     queue = project.settings["EVENTLIB_QUEUE"]
-    worker = Worker(
-        project.environment(),
-        project.tmp_path / "celery.log",
-        "proj",
-        command=["celery", "-A", "proj", "worker", "-Q", "celery"],
-    )
-    project.workers.append(worker)
-    worker.wait_ready()
+    worker = start_project_worker(project, isolation, "-Q", "celery")
 
     assert (
         f"This worker consumes celery but not eventlib's queue '{queue}': events sent "
@@ -161,14 +147,9 @@ def test_a_celery_worker_whose_queues_leave_out_eventlib_s_warns(project, isolat
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
 def test_a_setting_leaves_eventlib_s_queue_to_other_workers(project, isolation):
-    isolation.write("proj/__init__.py", USER_APP)
     queue = project.settings["EVENTLIB_QUEUE"]
     env = {**project.environment(), "EVENTLIB_WORKER_CONSUMES_QUEUE": "0"}
-    worker = Worker(
-        env, project.tmp_path / "celery.log", "proj", command=["celery", "-A", "proj", "worker"]
-    )
-    project.workers.append(worker)
-    worker.wait_ready()
+    worker = start_project_worker(project, isolation, env=env)
 
     assert f"This worker does not consume eventlib's queue '{queue}'" in worker.log
     assert f".> {queue}" not in worker.log
