@@ -264,6 +264,11 @@ class Sender:
         ``eventlib.process`` (its id is the task's), several as
         ``eventlib.process_batch``.  Return whether they were published.
 
+        The message's ``shadow`` name, the task name Celery's logs and Flower
+        show, says what it carries: the event's name (``shop.Purchase``), or
+        for a batch the names with their counts, three at most
+        (``eventlib batch: shop.Purchase x60, shop.Refund x40``).
+
         A connection is waited for at most ``broker_timeout`` seconds
         (kombu's ``LimitExceeded`` when every connection of the pool stays
         busy).  With ``unless_circuit_open``, events whose connection came
@@ -280,17 +285,23 @@ class Sender:
                 name, event_id, payload = events[0]
                 task, args, task_id = PROCESS_TASK, (name, payload), event_id
                 shown = None  # Celery's repr of the arguments
+                shadow = name
             else:
                 task = BATCH_TASK
                 args = ([[name, payload] for name, _, payload in events],)
                 task_id = None
+                counted = _counted(events)
                 # Not Celery's repr of a hundred payloads, which costs more
                 # than the rest of the publish and says less.
-                shown = f"[{len(events)} events: {', '.join(_counted(events))}]"
+                shown = f"[{len(events)} events: {', '.join(counted)}]"
+                shadow = f"eventlib batch: {', '.join(counted[:3])}"
+                if len(counted) > 3:
+                    shadow += f" (+{len(counted) - 3} more names)"
             app.send_task(
                 task,
                 args=args,
                 argsrepr=shown,
+                shadow=shadow,
                 task_id=task_id,
                 queue=settings.queue,
                 producer=producer,
