@@ -40,6 +40,8 @@ IGNORE_MARKER = "# steadymark: ignore"
 OWN_FILES = {
     "EVENTLIB_SPOOL_PATH": "{root}/eventlib-spool.sqlite",
     "EVENTLIB_DEAD_LETTER_URL": "sqlite:///{root}/eventlib-dead-letters.sqlite",
+    # The folder of the defaults (eventlib.conf.state_directory): the embedded broker's.
+    "XDG_STATE_HOME": "{root}/state",
 }
 FILE_MARKER = "# file:"
 
@@ -53,7 +55,8 @@ class Isolation:
         self._registry = HANDLER_REGISTRY._snapshot()
         self._codecs = dict(serialization._by_tag), dict(serialization._by_type)
         self._transaction_hook = dispatch._transaction_hook
-        # Spool and dead letters in the test's own files, never the checkout's.
+        # Spool, dead letters and embedded broker in the test's own files,
+        # never the project's.
         self._environ = {key: os.environ.get(key) for key in OWN_FILES}
         for key, name in OWN_FILES.items():
             os.environ[key] = name.format(root=self.root)

@@ -58,7 +58,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from . import metrics
 from .conf import Settings, get_settings, on_change
-from .embedded import DEFAULT_PATH, SCHEME, url_for
+from .embedded import SCHEME, default_path, url_for
 from .exceptions import ConfigurationError, DispatchError, SpoolError
 from .spool import Circuit, Destination, Spool, SpooledEvent, SpoolStatus
 
@@ -783,9 +783,9 @@ def check_broker(app: Celery | None = None) -> None:
 
 
 def resolved_broker_url(settings: Settings) -> str:
-    """The ``broker_url`` setting, or the embedded broker in the file
-    ``eventlib-broker.sqlite`` of the working directory when it is unset."""
-    return settings.broker_url or url_for(DEFAULT_PATH)
+    """The ``broker_url`` setting, or the embedded broker in its default
+    file (:func:`eventlib.embedded.default_path`) when it is unset."""
+    return settings.broker_url or url_for(default_path())
 
 
 def publish_transport_options(app: Celery, settings: Settings) -> dict[str, Any]:
