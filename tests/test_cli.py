@@ -116,9 +116,12 @@ def apps(isolation):
     return isolation.root / "handlers.log"
 
 
-def run_cli(isolation, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+def run_cli(
+    isolation, *args: str, timeout: float = 60, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess:
     """Run ``python -m eventlib *args`` in a child process whose only eventlib
-    settings are ``env`` (``EVENTLIB_APPS='shop'`` and so on)."""
+    settings are ``env`` (``EVENTLIB_APPS='shop'`` and so on), in ``cwd``
+    (by default ``isolation.root``)."""
     child_env = {key: value for key, value in os.environ.items() if not key.startswith("EVENTLIB_")}
     child_env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(isolation.root), os.environ.get("PYTHONPATH")])
@@ -131,7 +134,7 @@ def run_cli(isolation, *args: str, timeout: float = 60, **env: str) -> subproces
         text=True,
         timeout=timeout,
         env=child_env,
-        cwd=isolation.root,
+        cwd=cwd or isolation.root,
     )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,8 @@ import eventlib
 from eventlib import ConfigurationError, conf
 from eventlib.conf import state_directory, state_file
 from eventlib.sending import celery_app
+
+from .test_cli import run_cli
 
 
 @pytest.fixture
@@ -96,20 +97,7 @@ def test_a_folder_that_cannot_be_created_is_named_by_whoever_opens_the_file(tmp_
     assert not path.parent.exists()
 
 
-def eventlib_command(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``eventlib *args`` run in ``folder``, with no ``EVENTLIB_*`` setting."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("EVENTLIB_")}
-    return subprocess.run(
-        [sys.executable, "-m", "eventlib", *args],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def test_the_commands_find_the_same_files_from_any_folder_and_say_which(state, tmp_path):
+def test_the_commands_find_the_same_files_from_any_folder_and_say_which(state, tmp_path, isolation):
     folders = [tmp_path / "a", tmp_path / "b" / "deeper"]
     for folder in folders:
         folder.mkdir(parents=True)
@@ -117,9 +105,9 @@ def test_the_commands_find_the_same_files_from_any_folder_and_say_which(state, t
     database = f"sqlite:///{state_directory() / 'dead-letters.sqlite'}"
 
     for folder in folders:
-        status = eventlib_command(folder, "spool", "status")
-        as_json = eventlib_command(folder, "spool", "status", "--json")
-        listed = eventlib_command(folder, "dead", "list")
+        status = run_cli(isolation, "spool", "status", cwd=folder)
+        as_json = run_cli(isolation, "spool", "status", "--json", cwd=folder)
+        listed = run_cli(isolation, "dead", "list", cwd=folder)
 
         assert (status.returncode, status.stderr) == (0, "")
         assert status.stdout == f"spool: {spool}\nthe spool is empty\n"

@@ -38,17 +38,17 @@ def test_processes_started_in_different_folders_share_the_default_files(isolatio
     web, workers, shell = (tmp_path / name for name in ("web", "workers", "shell"))
     for folder in (web, workers, shell):
         folder.mkdir()
+
+    def run(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        """``python *args`` run in ``folder``, with the project's settings."""
+        return subprocess.run(
+            [sys.executable, *args], cwd=folder, env=env, capture_output=True, text=True, timeout=60
+        )
+
     worker = Worker(env, tmp_path / "worker.log", "paths", cwd=workers)
     try:
         worker.wait_ready()
-        logged = subprocess.run(
-            [sys.executable, "-c", LOG_ONE],
-            cwd=web,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        logged = run(web, "-c", LOG_ONE)
         assert logged.returncode == 0, logged.stderr
         event_id = logged.stdout.strip()
 
@@ -57,22 +57,8 @@ def test_processes_started_in_different_folders_share_the_default_files(isolatio
             60,
             f"the worker to process the event; its log:\n{worker.log}",
         )
-        listed = subprocess.run(
-            [sys.executable, "-m", "eventlib", "dead", "list", "--json"],
-            cwd=shell,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        table = subprocess.run(
-            [sys.executable, "-m", "eventlib", "dead", "list"],
-            cwd=shell,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        listed = run(shell, "-m", "eventlib", "dead", "list", "--json")
+        table = run(shell, "-m", "eventlib", "dead", "list")
     finally:
         worker.stop()
 
