@@ -45,6 +45,15 @@ SHOP_EVENTS = """
             raise ConnectionError("mail server down")
 
 
+    class Order(eventlib.BaseEvent):
+        def clean(self):
+            self.require_data_keys(["sku"])
+
+        @eventlib.handler
+        def pack(self):
+            pass
+
+
     class Note(eventlib.BaseEvent):
         @eventlib.handler
         def keep(self):
@@ -186,6 +195,16 @@ def test_an_event_that_cannot_be_loaded_fails_its_task_naming_why(shop):
         "There is no event named Missing in the shop app"
     )
     assert isinstance(failed.value.__cause__, eventlib.EventNotFound)
+
+
+def test_data_the_worker_refuses_fails_the_task_saying_why(shop):
+    name, event_id, text = payload("shop.Order")  # not validated: as a message may come
+
+    with pytest.raises(ProcessingFailed) as failed:
+        in_worker(process_event, name, text)
+
+    assert str(failed.value).startswith(f"shop.Order (id {event_id}): invalid data (dead letter): ")
+    assert "sku" in str(failed.value)
 
 
 def test_a_batch_with_failures_fails_as_a_whole_once_every_event_ran(shop):
