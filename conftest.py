@@ -35,6 +35,11 @@ from eventlib.registry import HANDLER_REGISTRY
 # .should, .must, .when and others to every object and replace builtins.dir
 # for the whole test run.
 os.environ.setdefault("SURE_DISABLE_NEW_SYNTAX", "1")
+# eventlib's default files (eventlib.conf.state_directory) never go to the
+# home folder of whoever runs the tests, even before a test's isolation
+# gives them a folder of its own (OWN_FILES): Django's set-up, for one,
+# reads the settings first.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="eventlib-state-")
 
 IGNORE_MARKER = "# steadymark: ignore"
 OWN_FILES = {
