@@ -36,11 +36,18 @@ from eventlib.testing import forget_event_classes, isolated
 # .should, .must, .when and others to every object and replace builtins.dir
 # for the whole test run.
 os.environ.setdefault("SURE_DISABLE_NEW_SYNTAX", "1")
+# eventlib's default files (eventlib.conf.state_directory) never go to the
+# home folder of whoever runs the tests, even before a test's isolation
+# gives them a folder of its own (OWN_FILES): Django's set-up, for one,
+# reads the settings first.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="eventlib-state-")
 
 IGNORE_MARKER = "# steadymark: ignore"
 OWN_FILES = {
     "EVENTLIB_SPOOL_PATH": "{root}/eventlib-spool.sqlite",
     "EVENTLIB_DEAD_LETTER_URL": "sqlite:///{root}/eventlib-dead-letters.sqlite",
+    # The folder of the defaults (eventlib.conf.state_directory): the embedded broker's.
+    "XDG_STATE_HOME": "{root}/state",
 }
 FILE_MARKER = "# file:"
 
@@ -51,7 +58,8 @@ class Isolation:
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="eventlib-apps-"))
-        # Spool and dead letters in the test's own files, never the checkout's.
+        # Spool, dead letters and embedded broker in the test's own files,
+        # never the project's.
         self._environ = {key: os.environ.get(key) for key in OWN_FILES}
         for key, name in OWN_FILES.items():
             os.environ[key] = name.format(root=self.root)

@@ -422,14 +422,16 @@ def dead_list(
     event: str | None, handler: str | None, since: datetime | None, as_json: bool
 ) -> None:
     """List the dead letters by the time of their last failure, oldest
-    first: all of them, or those the options keep."""
-    from .deadletters import list_dead_letters
+    first: all of them, or those the options keep.  The first line names
+    the database (the dead_letter_url setting, password masked)."""
+    from .deadletters import database_name, list_dead_letters
 
     with _dead_letter_errors():
         letters = list_dead_letters(event=event, handler=handler, since=since)
     if as_json:
         click.echo(json.dumps([letter.as_dict() for letter in letters], indent=2))
         return
+    click.echo(f"dead letters: {database_name()}")
     if not letters:
         click.echo("no dead letters" + _kept_by(event, handler, since))
         return
@@ -611,8 +613,8 @@ def spool() -> None:
 @spool.command(name="status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def spool_status_command(as_json: bool) -> None:
-    """How many events wait in the spool, the oldest one's age, and until
-    when a flusher holds them, if one does.
+    """Where the spool is (the first line), how many events wait in it, the
+    oldest one's age, and until when a flusher holds them, if one does.
 
     Only the events of the configured broker and queue are counted; a
     line says how many wait for others.  JSON: {"count": ..., "oldest_age":
@@ -623,6 +625,7 @@ def spool_status_command(as_json: bool) -> None:
 
     with _errors_as_exit_codes():
         status = spool_status()
+    path = Path(conf.get_settings().spool_path).resolve()
     if as_json:
         click.echo(
             json.dumps(
@@ -630,7 +633,7 @@ def spool_status_command(as_json: bool) -> None:
                     "count": status.count,
                     "oldest_age": status.oldest_age,
                     "held_until": status.held_until,
-                    "path": str(Path(conf.get_settings().spool_path).resolve()),
+                    "path": str(path),
                     "elsewhere": [
                         {"broker": where.broker, "queue": where.queue, "count": count}
                         for where, count in status.elsewhere
@@ -638,7 +641,9 @@ def spool_status_command(as_json: bool) -> None:
                 }
             )
         )
-    elif status.oldest_age is None:
+        return
+    click.echo(f"spool: {path}")
+    if status.oldest_age is None:
         click.echo("the spool is empty")
     else:
         line = f"{status.count} events, the oldest spooled {status.oldest_age:.0f} s ago"

@@ -10,16 +10,25 @@ default, its kind (how its ``EVENTLIB_<NAME>`` variable is parsed and what
 ``configure()`` accepts) and one line of documentation.  The environment
 parsing, the checks of ``configure()``, its docstring and the Django settings
 (:mod:`eventlib.contrib.django`) all follow from the fields.
+
+The files eventlib keeps by default, the spool, the dead letters and the
+embedded broker, are in one folder per project and host,
+:func:`state_directory`, whatever folder a process starts in.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
 import json
 import os
+import re
+import sys
 import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, overload
 
 from .exceptions import ConfigurationError
@@ -252,10 +261,78 @@ _COUNT = _Kind(_parse_count, _check_count)
 _CELERY_APP = _Kind(_parse_celery_app, _check_celery_app)
 
 
+# ---------------------------------------------------- the state folder ---
+
+#: Stands for :func:`state_directory` where a default is written out, in
+#: ``configure()``'s docstring and in docs/django.md's table of settings.
+STATE = "<state>"
+
+
+def state_directory(environ: Mapping[str, str] | None = None) -> Path:
+    """The folder where eventlib keeps its files by default: the spool, the
+    dead letters and the embedded broker of the project this process runs.
+
+    It is ``$XDG_STATE_HOME/eventlib/<environment>``, with
+    ``XDG_STATE_HOME`` (an absolute path) defaulting to ``~/.local/state``
+    as the XDG Base Directory specification says, where ``<environment>``
+    names the Python environment the process runs in (``sys.prefix``, a
+    virtualenv's folder): its last two folder names and a hash of its whole
+    path, such as ``shop-.venv-1a2b3c4d``.  Every process of a project on a host runs in
+    the project's environment (the web server, the workers, the
+    ``eventlib`` command, ``manage.py``), whatever folder it starts in, so
+    they all find the same files; two projects with environments of their
+    own keep theirs apart.  ``environ`` is read instead of ``os.environ``.
+
+    Creates nothing (:func:`state_file` does).  Raises
+    :class:`ConfigurationError` when there is neither ``XDG_STATE_HOME`` nor
+    a home folder.
+    """
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_STATE_HOME", "").strip()
+    if not os.path.isabs(base):
+        home = environ.get("HOME", "").strip() or os.path.expanduser("~")
+        if home == "~":
+            raise ConfigurationError(
+                "eventlib's files have no folder: there is no home folder; set XDG_STATE_HOME, "
+                f"or {ENV_PREFIX}SPOOL_PATH, {ENV_PREFIX}DEAD_LETTER_URL and "
+                f"{ENV_PREFIX}BROKER_URL"
+            )
+        base = os.path.join(home, ".local", "state")
+    prefix = os.path.realpath(sys.prefix)
+    digest = hashlib.sha256(os.fsencode(prefix)).hexdigest()[:8]
+    words = [part for part in Path(prefix).parts[-2:] if part != Path(prefix).anchor]
+    name = re.sub(r"[^\w.-]+", "_", "-".join([*words, digest]))
+    return Path(base) / "eventlib" / name
+
+
+def state_file(name: str) -> Path:
+    """The file ``name`` in :func:`state_directory`, the folder created
+    first when it is missing (readable by its user only).  A folder that
+    cannot be created is left to whoever opens the file, whose error names
+    it."""
+    folder = state_directory()
+    with contextlib.suppress(OSError):
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder / name
+
+
+def _default_spool_path() -> str:
+    return str(state_file("spool.sqlite"))
+
+
+def _default_dead_letter_url() -> str:
+    return f"sqlite:///{state_file('dead-letters.sqlite')}"
+
+
+# ------------------------------------------------------------ settings ---
+
+
 @overload
 def _setting(default: _T, *, kind: _Kind, doc: str, compare: bool = True) -> _T: ...
 @overload
-def _setting(*, factory: Callable[[], _T], kind: _Kind, doc: str) -> _T: ...
+def _setting(
+    *, factory: Callable[[], _T], kind: _Kind, doc: str, shown: str | None = None
+) -> _T: ...
 def _setting(
     default: Any = MISSING,
     *,
@@ -263,14 +340,17 @@ def _setting(
     kind: _Kind,
     doc: str,
     compare: bool = True,
+    shown: str | None = None,
 ) -> Any:
     """A field of :class:`Settings`: a setting, with its default (or the
-    ``factory`` of its default), its kind and one line of documentation."""
+    ``factory`` of its default), its kind and one line of documentation.
+    ``shown`` is how the documentation writes a default that depends on the
+    host (``<state>/spool.sqlite``)."""
     return field(
         default=default,
         default_factory=factory,
         compare=compare,
-        metadata={"kind": kind, "doc": doc},
+        metadata={"kind": kind, "doc": doc, "shown": shown},
     )
 
 
@@ -331,10 +411,12 @@ class Settings:
         "sending (needs a transaction hook, see ``eventlib.contrib.django``).",
     )
     spool_path: str = _setting(
-        "eventlib-spool.sqlite",
+        factory=_default_spool_path,
         kind=_TEXT,
         doc="The SQLite file ``log()`` keeps events in while the broker cannot take "
-        "them (relative paths are from the working directory).",
+        f"them (relative paths are from the working directory; {STATE} is "
+        ":func:`state_directory`).",
+        shown=f"{STATE}/spool.sqlite",
     )
     spool_probe_interval: float = _setting(
         5.0,
@@ -343,9 +425,11 @@ class Settings:
         "this often, in seconds; between tries events go straight to the spool.",
     )
     dead_letter_url: str = _setting(
-        "sqlite:///eventlib-dead-letters.sqlite",
+        factory=_default_dead_letter_url,
         kind=_TEXT,
-        doc="SQLAlchemy URL of the database that keeps dead letters.",
+        doc="SQLAlchemy URL of the database that keeps dead letters "
+        f"({STATE} is :func:`state_directory`).",
+        shown=f"sqlite:///{STATE}/dead-letters.sqlite",
     )
     dispatch: str = _setting(
         "background",
@@ -482,12 +566,11 @@ def configure(**values: Any) -> Settings:
 
 def _list_settings() -> str:
     """The settings with their defaults and documentation, as a list for a
-    docstring."""
-    defaults = Settings()
+    docstring; a default that depends on the host as it is ``shown``."""
     return "".join(
         "\n"
         + textwrap.fill(
-            f"``{name}`` (default ``{getattr(defaults, name)!r}``): {setting.metadata['doc']}",
+            f"``{name}`` (default ``{_shown_default(setting)}``): {setting.metadata['doc']}",
             width=79,
             initial_indent="    - ",
             subsequent_indent="      ",
@@ -496,6 +579,14 @@ def _list_settings() -> str:
         )
         for name, setting in _FIELDS.items()
     )
+
+
+def _shown_default(setting: Any) -> str:
+    if setting.metadata["shown"] is not None:
+        return str(setting.metadata["shown"])
+    if setting.default is not MISSING:
+        return repr(setting.default)
+    return repr(setting.default_factory())
 
 
 if configure.__doc__ is not None:  # None under ``python -OO``

@@ -11,8 +11,8 @@ reason, the traceback and the time of the last failure.
 
 They live in one table, ``eventlib_dead_letters``, of the database the
 ``dead_letter_url`` setting names (an SQLAlchemy URL; by default the SQLite
-file ``eventlib-dead-letters.sqlite`` in the working directory), created on
-first use.  Every worker process writes to it, so production wants one
+file ``dead-letters.sqlite`` in :func:`eventlib.conf.state_directory`),
+created on first use.  Every worker process writes to it, so production wants one
 database all workers reach: PostgreSQL (``postgresql://...``), or an SQLite
 file by absolute path when every worker runs on one machine.
 

@@ -91,3 +91,17 @@ class DispatchError(EventlibError):
 class SpoolError(DispatchError):
     """The spool file cannot be used (unwritable, full, not a database).
     The message names the file and SQLite's error."""
+
+
+class ProcessingFailed(EventlibError):
+    """A worker could not process an event completely: a handler failed with
+    no retry left, the event's data was refused, or the event could not be
+    loaded; for a batch, one of its events.
+
+    Raised only by eventlib's Celery tasks in a worker, once eventlib has
+    logged the failure with its traceback and recorded it as a dead letter,
+    so that Celery and Flower show the task as failed.  Its message is one
+    line: the event, its id, each handler that failed and its exception's
+    ``repr``.  eventlib's tasks declare it in their ``throws``, so Celery
+    logs it in one INFO line, without a traceback.
+    """

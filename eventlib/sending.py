@@ -58,7 +58,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from . import _state, metrics
 from .conf import Settings, get_settings
-from .embedded import DEFAULT_PATH, SCHEME, url_for
+from .embedded import SCHEME, default_path, url_for
 from .exceptions import ConfigurationError, DispatchError, SpoolError
 from .spool import Circuit, Destination, Spool, SpooledEvent, SpoolStatus
 
@@ -276,6 +276,11 @@ class Sender:
         ``eventlib.process`` (its id is the task's), several as
         ``eventlib.process_batch``.  Return whether they were published.
 
+        The message's ``shadow`` name, the task name Celery's logs and Flower
+        show, says what it carries: the event's name (``shop.Purchase``), or
+        for a batch the names with their counts, three at most
+        (``eventlib batch: shop.Purchase x60, shop.Refund x40``).
+
         A connection is waited for at most ``broker_timeout`` seconds
         (kombu's ``LimitExceeded`` when every connection of the pool stays
         busy).  With ``unless_circuit_open``, events whose connection came
@@ -288,19 +293,25 @@ class Sender:
             name, event_id, payload = events[0]
             task, args, task_id = PROCESS_TASK, (name, payload), event_id
             shown = None  # Celery's repr of the arguments
+            shadow = name  # what Flower and the worker's log call the task
         else:
             task = BATCH_TASK
             args = ([[name, payload] for name, _, payload in events],)
             task_id = None
+            counted = _counted(events)
             # Not Celery's repr of a hundred payloads, which costs more than
             # the rest of the publish and says less.
-            shown = f"[{len(events)} events: {', '.join(_counted(events))}]"
+            shown = f"[{len(events)} events: {', '.join(counted)}]"
+            shadow = f"eventlib batch: {', '.join(counted[:3])}"
+            if len(counted) > 3:
+                shadow += f" (+{len(counted) - 3} more names)"
         sent = self._send_message(
             app,
             task,
             args,
             task_id=task_id,
             argsrepr=shown,
+            shadow=shadow,
             unless=(lambda: self.circuit.is_open) if unless_circuit_open else None,
         )
         if sent:
@@ -893,9 +904,9 @@ def _warn_of_a_project_broker(settings: Settings) -> None:
 
 
 def resolved_broker_url(settings: Settings) -> str:
-    """The ``broker_url`` setting, or the embedded broker in the file
-    ``eventlib-broker.sqlite`` of the working directory when it is unset."""
-    return settings.broker_url or url_for(DEFAULT_PATH)
+    """The ``broker_url`` setting, or the embedded broker in its default
+    file (:func:`eventlib.embedded.default_path`) when it is unset."""
+    return settings.broker_url or url_for(default_path())
 
 
 def publish_transport_options(app: Celery, settings: Settings) -> dict[str, Any]:

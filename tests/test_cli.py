@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from eventlib.conf import state_file
 from eventlib.spool import LEASE_SECONDS, Destination, Spool
 
 #: Handlers append a line to the file named by this variable, so a test can
@@ -116,9 +117,12 @@ def apps(isolation):
     return isolation.root / "handlers.log"
 
 
-def run_cli(isolation, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+def run_cli(
+    isolation, *args: str, timeout: float = 60, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess:
     """Run ``python -m eventlib *args`` in a child process whose only eventlib
-    settings are ``env`` (``EVENTLIB_APPS='shop'`` and so on)."""
+    settings are ``env`` (``EVENTLIB_APPS='shop'`` and so on), in ``cwd``
+    (by default ``isolation.root``)."""
     child_env = {key: value for key, value in os.environ.items() if not key.startswith("EVENTLIB_")}
     child_env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(isolation.root), os.environ.get("PYTHONPATH")])
@@ -131,8 +135,15 @@ def run_cli(isolation, *args: str, timeout: float = 60, **env: str) -> subproces
         text=True,
         timeout=timeout,
         env=child_env,
-        cwd=isolation.root,
+        cwd=cwd or isolation.root,
     )
+
+
+def spool_file() -> Path:
+    """The spool of the children, which give it no path: the default, in the
+    state folder of the test's environment (tests/conftest.py sets
+    ``XDG_STATE_HOME``), whatever their working directory."""
+    return state_file("spool.sqlite")
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -335,11 +346,11 @@ def test_log_to_an_unreachable_broker_spools_the_event_and_exits_3(isolation, ap
     assert "spooling them in" in result.stderr
     assert result.stderr.splitlines()[-1] == (
         f"eventlib: the broker {broker_url.replace('secret', '**')} is unreachable: the event "
-        f"is kept in the spool {isolation.root.resolve() / 'eventlib-spool.sqlite'}; "
+        f"is kept in the spool {spool_file()}; "
         "`eventlib spool flush` will send it"
     )
     assert "secret" not in result.stderr  # the password is masked
-    spool = sqlite3.connect(isolation.root / "eventlib-spool.sqlite")
+    spool = sqlite3.connect(spool_file())
     try:
         assert spool.execute("select event_id, name from spool").fetchall() == [
             (event_id, "shop.Refund")
@@ -381,7 +392,7 @@ def test_log_to_a_reachable_broker_sends_the_event_and_exits_0(isolation, apps):
     assert result.returncode == 0, result.stderr
     assert uuid.UUID(result.stdout.strip())
     assert result.stderr == ""
-    assert not (isolation.root / "eventlib-spool.sqlite").exists()
+    assert not spool_file().exists()
     assert handler_lines(apps) == []  # sent, not run: no worker
 
 
@@ -481,7 +492,7 @@ SPOOL_ENV = {"EVENTLIB_BROKER_TIMEOUT": "0.5"}
 
 
 def spool_rows(isolation) -> list[tuple[str, str]]:
-    connection = sqlite3.connect(isolation.root / "eventlib-spool.sqlite")
+    connection = sqlite3.connect(spool_file())
     try:
         return connection.execute("select event_id, name from spool order by seq").fetchall()
     finally:
@@ -510,13 +521,14 @@ def test_spool_status_of_an_empty_spool(isolation, apps):
     text = run_cli(isolation, "spool", "status")
     as_json = run_cli(isolation, "spool", "status", "--json")
 
-    assert (text.returncode, text.stdout, text.stderr) == (0, "the spool is empty\n", "")
+    assert (text.returncode, text.stderr) == (0, "")
+    assert text.stdout == f"spool: {spool_file()}\nthe spool is empty\n"
     assert as_json.returncode == 0, as_json.stderr
     assert json.loads(as_json.stdout) == {
         "count": 0,
         "oldest_age": None,
         "held_until": None,
-        "path": str(isolation.root / "eventlib-spool.sqlite"),
+        "path": str(spool_file()),
         "elsewhere": [],
     }
 
@@ -532,11 +544,13 @@ def test_spool_status_then_flush_while_the_broker_is_down_then_back(isolation, a
     )
 
     assert text.returncode == 0, text.stderr
-    assert re.fullmatch(r"2 events, the oldest spooled \d+ s ago\n", text.stdout), text.stdout
+    assert text.stdout.startswith(f"spool: {spool_file()}\n"), text.stdout
+    assert re.fullmatch(r"2 events, the oldest spooled \d+ s ago\n", text.stdout.split("\n", 1)[1])
     status = json.loads(as_json.stdout)
     assert (status["count"], status["held_until"], status["elsewhere"]) == (2, None, [])
     assert 0 <= status["oldest_age"] < 60
     assert elsewhere.stdout == (
+        f"spool: {spool_file()}\n"
         "the spool is empty\n"
         "2 other events wait for the queue eventlib of the broker amqp://guest:**@127.0.0.1:1//\n"
     )
@@ -561,7 +575,7 @@ def test_spool_status_then_flush_while_the_broker_is_down_then_back(isolation, a
     assert spool_rows(isolation) == [(event_id, "shop.Refund") for event_id in ids]
 
     # Sent to that broker once it answers (here: its events rewritten for another).
-    retarget(isolation.root / "eventlib-spool.sqlite", "memory:///")
+    retarget(spool_file(), "memory:///")
     up = run_cli(isolation, "--broker-url", "memory://", "spool", "flush", **SPOOL_ENV)
 
     assert up.returncode == 0, up.stderr
@@ -582,7 +596,7 @@ def retarget(path: Path, broker: str) -> None:
 
 def test_spool_flush_exits_1_while_another_flusher_holds_the_events(isolation, apps):
     ids = log_while_the_broker_is_down(isolation, 3)
-    holder = hold_while_flushing(isolation.root / "eventlib-spool.sqlite")
+    holder = hold_while_flushing(spool_file())
     try:
         held = json.loads(
             run_cli(isolation, "--broker-url", UNREACHABLE_AMQP, "spool", "status", "--json").stdout
@@ -592,7 +606,7 @@ def test_spool_flush_exits_1_while_another_flusher_holds_the_events(isolation, a
         assert time.time() + LEASE_SECONDS - 30 < held["held_until"] <= time.time() + LEASE_SECONDS
 
         text = run_cli(isolation, "--broker-url", UNREACHABLE_AMQP, "spool", "status")
-        retarget(isolation.root / "eventlib-spool.sqlite", "memory:///")
+        retarget(spool_file(), "memory:///")
         result = run_cli(isolation, "--broker-url", "memory://", "spool", "flush", **SPOOL_ENV)
     finally:
         os.kill(holder, signal.SIGKILL)
@@ -643,7 +657,7 @@ def hold_while_flushing(path: Path) -> int:
 
 @pytest.mark.parametrize("command", ["status", "flush"])
 def test_a_spool_file_that_is_not_a_database_exits_4_naming_the_file(isolation, command):
-    spool = isolation.root / "eventlib-spool.sqlite"
+    spool = spool_file()
     spool.write_bytes(b"not a database, only text " * 200)
 
     result = run_cli(isolation, "--broker-url", "memory://", "spool", command)

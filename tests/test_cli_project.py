@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from eventlib.conf import state_directory
+
 from .test_cli import HANDLER_LOG, SHOP_EVENTS, handler_lines, one_line_error
 
 #: The ``eventlib`` console script of the environment running the tests.
@@ -247,11 +249,11 @@ def test_dead_letters_listed_by_last_failure_filtered_and_purged(project):
     assert dead_list("--event", "shop.Refund") == []
     assert dead_list("--since", "2999-01-01") == []
     listed = eventlib_in(project, "dead", "list", "--event", "shop.Signup")
-    assert listed.stdout.startswith("ID  FAILED AT (UTC)")
-    assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == [
-        str(second),
-        str(first),
-    ]
+    database, header, *rows = listed.stdout.splitlines()
+    # The default database, the same whatever folder the command runs in.
+    assert database == f"dead letters: sqlite:///{state_directory() / 'dead-letters.sqlite'}"
+    assert header.startswith("ID  FAILED AT (UTC)")
+    assert [line.split()[0] for line in rows] == [str(second), str(first)]
 
     purged = eventlib_in(
         project, "dead", "purge", "--event", "shop.Signup", "--handler", "explode", "--yes"

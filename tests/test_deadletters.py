@@ -448,7 +448,8 @@ def test_dead_list_shows_a_table(shop):
 
     assert (code, err) == (0, "")
     when = letter.failed_at.strftime("%Y-%m-%d %H:%M:%S")
-    lines = out.splitlines()
+    database, *lines = out.splitlines()
+    assert database == f"dead letters: {deadletters.database_name()}"
     assert lines[0].split() == [
         "ID",
         "FAILED",
@@ -486,7 +487,8 @@ def test_dead_list_json_has_every_field(shop):
 
 
 def test_dead_list_when_there_are_none():
-    assert eventlib_command("dead", "list") == (0, "no dead letters\n", "")
+    database = f"dead letters: {deadletters.database_name()}\n"
+    assert eventlib_command("dead", "list") == (0, database + "no dead letters\n", "")
     assert eventlib_command("dead", "list", "--json") == (0, "[]\n", "")
 
 
@@ -513,7 +515,12 @@ def test_dead_list_orders_by_last_failure_and_filters():
     assert ids("--since", "5m") == []
     assert eventlib_command(
         "dead", "list", "--event", "shop.Refund", "--handler", "charge", "--since", "2030-01-01"
-    ) == (0, "no dead letters of shop.Refund of handler charge since 2030-01-01 00:00:00 UTC\n", "")
+    ) == (
+        0,
+        f"dead letters: {deadletters.database_name()}\n"
+        "no dead letters of shop.Refund of handler charge since 2030-01-01 00:00:00 UTC\n",
+        "",
+    )
 
 
 def test_dead_list_refuses_a_time_it_cannot_read():
@@ -742,4 +749,4 @@ def test_dead_retry_as_a_process_with_settings_from_the_environment(shop, isolat
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"sent    {letter.id}  shop.Refund  shop.events.Refund.charge\n"
     assert deadletters.list_dead_letters() == []
-    assert not (tmp_path / "eventlib-dead-letters.sqlite").exists()
+    assert not (eventlib.conf.state_directory() / "dead-letters.sqlite").exists()  # the default

@@ -12,7 +12,7 @@ from celery import Celery
 from sure import expect
 
 import eventlib
-from eventlib import dispatch, sending
+from eventlib import conf, dispatch, sending
 from eventlib.serialization import deserialize_event
 
 SHOP_EVENTS = """
@@ -545,13 +545,16 @@ def test_own_app_merges_the_users_transport_options():
     }
 
 
-def test_no_broker_url_means_the_embedded_broker_in_the_working_directory(tmp_path, monkeypatch):
+def test_no_broker_url_means_the_embedded_broker_in_the_state_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     eventlib.configure(broker_url=None)
 
     url = sending.celery_app().conf.broker_url
 
-    assert url == f"eventlib+sqlite:///{tmp_path.resolve()}/eventlib-broker.sqlite"
+    assert url == f"eventlib+sqlite:///{conf.state_directory()}/broker.sqlite"
+    assert conf.state_directory().parent == tmp_path / "state" / "eventlib"
+    assert conf.state_directory().is_dir()  # for the file the transport creates
 
 
 def test_an_unknown_broker_scheme_is_a_configuration_error():

@@ -94,7 +94,8 @@ def test_a_django_project_with_celerys_layout_publishes_with_its_app(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["proj", "memory://", "True"]
     assert "embedded broker" not in result.stderr
-    assert not (tmp_path / "eventlib-broker.sqlite").exists()
+    broker_file = run(tmp_path, "from eventlib.embedded import default_path\nprint(default_path())")
+    assert not Path(broker_file.stdout.strip()).exists()
 
 
 def test_eventlib_s_broker_url_still_wins_over_the_projects_app(tmp_path):
@@ -128,12 +129,15 @@ def test_events_for_the_embedded_broker_beside_a_projects_broker_are_a_warning(t
     write(tmp_path, {"shop/__init__.py": "", "shop/events.py": SHOP_EVENTS})
 
     result = run(tmp_path, SCRIPT_WITH_ITS_OWN_APP)
+    default_broker_file = run(
+        tmp_path, "from eventlib.embedded import default_path\nprint(default_path())"
+    ).stdout.strip()
 
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "embedded broker" in line]
     assert warnings == [
         "eventlib sends events to its embedded broker "
-        f"(eventlib+sqlite:///{tmp_path / 'eventlib-broker.sqlite'}), although the Celery app "
+        f"(eventlib+sqlite:///{default_broker_file}), although the Celery app "
         "'proj' has the broker redis://127.0.0.1:1/0: set EVENTLIB_CELERY_APP to the import "
         "path of the project's Celery app (the celery_app setting, 'proj.celery:app') or "
         "EVENTLIB_BROKER_URL"

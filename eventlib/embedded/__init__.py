@@ -15,7 +15,10 @@ is kombu's SQLAlchemy transport with four changes for this use:
   process in another, which, on the stock transport, can break the shared
   session, kill the worker and lose the message.
 
-It is registered with kombu as the scheme ``eventlib+sqlite``.  Like any
+It is registered with kombu as the scheme ``eventlib+sqlite``.  Its file is
+``broker.sqlite`` in eventlib's state folder (:func:`default_path`), so
+that every process of a project on the host, whatever folder it starts in,
+sends to and takes from the same queues.  Like any
 SQLite database it serves the processes of one machine; an event that a
 worker was processing when it was killed is not delivered again (there is no
 visibility timeout): use Redis or RabbitMQ in production.
@@ -27,10 +30,11 @@ from pathlib import Path
 
 from kombu.transport import TRANSPORT_ALIASES
 
-__all__ = ["DEFAULT_PATH", "SCHEME", "url_for"]
+from ..conf import state_file
+
+__all__ = ["SCHEME", "default_path", "url_for"]
 
 SCHEME = "eventlib+sqlite"
-DEFAULT_PATH = "eventlib-broker.sqlite"
 
 # Resolved only when used: the transport needs SQLAlchemy.
 TRANSPORT_ALIASES.setdefault("eventlib", "eventlib.embedded.transport:Transport")
@@ -40,3 +44,10 @@ def url_for(path: str | Path) -> str:
     """The broker URL of the embedded broker storing its queue in ``path``
     (made absolute, so that every process finds the same file)."""
     return f"{SCHEME}:///{Path(path).resolve()}"
+
+
+def default_path() -> Path:
+    """The file of the embedded broker when no broker is configured:
+    ``broker.sqlite`` in :func:`eventlib.conf.state_directory`, the folder
+    created when missing (:func:`eventlib.conf.state_file`)."""
+    return state_file("broker.sqlite")

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from kombu.utils.url import maybe_sanitize_url
 
+from eventlib.conf import state_directory
+
 from .support import broker_url, queue_exists
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.py"
@@ -92,7 +94,8 @@ def assert_the_report_lists_the_dead_letters(report: str, count: int) -> None:
 def test_the_demo_processes_every_event_in_a_queue_of_its_own(tmp_path, kind):
     if kind == "embedded":
         settings = {}
-        broker = f"eventlib+sqlite:///{tmp_path.resolve()}/eventlib-broker.sqlite"
+        # The default: the demo's worker and its logging process share it.
+        broker = f"eventlib+sqlite:///{state_directory()}/broker.sqlite"
     else:
         url = broker_url(kind)
         settings = {"EVENTLIB_BROKER_URL": url}

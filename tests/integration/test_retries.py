@@ -145,4 +145,7 @@ def test_eventlib_dead_retry_runs_only_the_failed_handler(project):
     for event_id in set(ids) - {first.event_id}:
         assert runs[event_id] == Counter(ledger=1, flaky=3, broken=3, notify=1)
     listed = eventlib_command(project, "dead", "list")
-    assert (listed.returncode, listed.stdout) == (0, "no dead letters\n")
+    assert (listed.returncode, listed.stdout) == (
+        0,
+        f"dead letters: {project.dead_letter_url}\nno dead letters\n",
+    )

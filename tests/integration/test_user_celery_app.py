@@ -6,7 +6,6 @@ every handler."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import pytest
 from celery import Celery
 
 import eventlib
+from eventlib.conf import state_directory
 
 from ..waiting import wait_for
 from .support import Worker
@@ -110,8 +110,8 @@ def test_a_script_and_the_projects_worker_run_from_the_projects_folder(project, 
         f"every event to run; worker log:\n{worker.log}",
     )
     assert project.records.runs_per_event("audit") == dict.fromkeys(ids, 1)
-    assert "eventlib.process_batch" in worker.log
-    assert not os.path.exists(isolation.root / "eventlib-spool.sqlite")
+    assert "Task eventlib batch: shop.Purchase x" in worker.log  # batches, by their shadow name
+    assert not (state_directory() / "spool.sqlite").exists()
 
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
