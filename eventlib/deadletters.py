@@ -310,7 +310,12 @@ def failed_again(dead_letter_id: int, *, reason: str, traceback: str) -> None:
 def _send_to_workers(letter: DeadLetter) -> None:
     args = (letter.event_name, letter.payload, letter.handler, letter.attempts + 1)
     try:
-        sender.send_task(RETRY_TASK, args, {"dead_letter": letter.id})
+        sender.send_task(
+            RETRY_TASK,
+            args,
+            {"dead_letter": letter.id},
+            shadow=f"{letter.event_name} dead letter {letter.id}",
+        )
     except DispatchError as error:
         raise DispatchError(
             f"could not send dead letter {letter.id} to the broker "

@@ -334,7 +334,13 @@ def _send_retries(run: _Run, retries: list[_Retry]) -> tuple[str, ...]:
                 if here:
                     _here.pending.append((args, run.app))
                 else:
-                    sender.send_task(RETRY_TASK, args, countdown=retry.delay, app=run.app)
+                    sender.send_task(
+                        RETRY_TASK,
+                        args,
+                        countdown=retry.delay,
+                        app=run.app,
+                        shadow=f"{run.name} retry of {retry.handler}",
+                    )
             except Exception as error:
                 run.log(retry.handler).exception(
                     "The retry of handler %s on event %s (id %s) could not be sent",

@@ -236,19 +236,23 @@ class Sender:
         *,
         countdown: float | None = None,
         app: Celery | None = None,
+        shadow: str | None = None,
     ) -> None:
         """Run eventlib's task ``task_name`` at once, here, in eager mode (the
         ``always_eager`` setting, or an ``app`` whose ``task_always_eager``
         is on); otherwise publish it now to eventlib's queue, with eventlib's
         pools and timeouts.  What retries of handlers and dead letters go
-        through.  Raises :class:`~eventlib.DispatchError` naming the broker
-        when it cannot take the task."""
+        through; ``shadow`` is what Flower and the worker's log call it.
+        Raises :class:`~eventlib.DispatchError` naming the broker when it
+        cannot take the task."""
         app = app or self.app()
         if self.is_eager(app):
             app.tasks[task_name].apply(args=args, kwargs=kwargs)
             return
         try:
-            self._send_message(app, task_name, args, kwargs=kwargs, countdown=countdown)
+            self._send_message(
+                app, task_name, args, kwargs=kwargs, countdown=countdown, shadow=shadow
+            )
         except Exception as error:
             raise DispatchError(
                 f"could not send the task {task_name} to the broker {broker_name(app)}: {error!r}"

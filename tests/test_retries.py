@@ -245,6 +245,11 @@ def test_a_failed_handler_is_sent_alone_to_run_later_on_eventlib_s_queue(shop, m
     assert letters() == []
     messages = take_messages(memory_app)
     assert [m.headers["task"] for m in messages] == ["eventlib.retry_handler"] * 2
+    # What Flower and the worker's log call them.
+    assert [m.headers["shadow"] for m in messages] == [
+        "shop.Refund retry of shop.events.Refund.flaky",
+        "shop.Refund retry of shop.events.Refund.broken",
+    ]
     assert [m.decode()[:2] for m in messages] == [
         [["shop.Refund", payload, "shop.events.Refund.flaky", 2], {}],
         [["shop.Refund", payload, "shop.events.Refund.broken", 2], {}],
