@@ -241,7 +241,7 @@ def retries_of(tasks: dict[str, dict[str, dict[str, Any]]], event_id: str) -> li
     return [
         events
         for events in tasks.values()
-        if events["task-received"]["name"] == "eventlib.retry_handler"
+        if " retry of " in events["task-received"]["name"]  # eventlib.retry_handler's
         and event_id in events["task-received"]["args"]
     ]
 
