@@ -154,6 +154,15 @@ def _import_event(parsed: EventName) -> type[BaseEvent]:
         raise not_found
     if candidate is BaseEvent:
         raise not_found
+    wanted = f"{parsed.app}.{parsed.event}"
+    if candidate.name != wanted:
+        # Declared elsewhere and imported here, or under another name:
+        # its handlers are those of its one name, so refuse the other.
+        raise EventNotFound(
+            f"There is no event named {parsed.event} in the {parsed.app} app: "
+            f"{parsed.module}.{parsed.event} is the event {candidate.name} (declared in "
+            f"{candidate.__module__}), which has one name: log it as {candidate.name!r}"
+        )
     return candidate
 
 

@@ -13,7 +13,18 @@ from .registry import DEFAULT_BACKOFF, DEFAULT_RETRIES, HANDLER_REGISTRY, check_
 
 __all__ = ["BaseEvent"]
 
-_EVENTS_SUFFIX = "." + EVENTS_MODULE
+
+def _app_of(module: str) -> str:
+    """The app of an event class declared in ``module``: what comes before
+    its ``events`` module (``shop.orders.events`` → ``shop.orders``), also
+    when ``events`` is a package and the class lives in a module of it
+    (``app.events.models`` → ``app``, as its ``__init__`` re-exports it);
+    the module itself when it is no ``events`` module."""
+    parts = module.split(".")
+    if EVENTS_MODULE in parts[1:]:
+        last = len(parts) - 1 - parts[::-1].index(EVENTS_MODULE)
+        return ".".join(parts[:last])
+    return module
 
 
 class BaseEvent:
@@ -55,9 +66,7 @@ class BaseEvent:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        module = cls.__module__
-        app = module[: -len(_EVENTS_SUFFIX)] if module.endswith(_EVENTS_SUFFIX) else module
-        cls.name = f"{app}.{cls.__name__}"
+        cls.name = f"{_app_of(cls.__module__)}.{cls.__name__}"
         check_retry_options(cls.retries, cls.backoff, f"the event {cls.name}")
         HANDLER_REGISTRY._declare(cls)
 
