@@ -56,22 +56,10 @@ class Unavailable(Exception):
 
 
 def configure_dispatch(mode: str, **settings: Any) -> None:
-    """``eventlib.configure(dispatch=mode, **settings)``.
-
-    An eventlib without dispatch modes (it has no ``eventlib.flush()``)
-    always publishes in the caller, which is ``direct``: for ``direct`` it is
-    configured without the setting.  Raises :class:`Unavailable` when the
-    installed eventlib refuses ``mode``.
-    """
+    """``eventlib.configure(dispatch=mode, **settings)``."""
     import eventlib
 
-    try:
-        eventlib.configure(dispatch=mode, **settings)
-    except eventlib.ConfigurationError as error:
-        if mode != "direct" or hasattr(eventlib, "flush"):
-            why = str(error).partition(";")[0]  # not the list of every setting
-            raise Unavailable(f"the installed eventlib refuses dispatch={mode!r} ({why})") from None
-        eventlib.configure(**settings)
+    eventlib.configure(dispatch=mode, **settings)
 
 
 # ------------------------------------------------------------- brokers ---
