@@ -21,7 +21,7 @@ from .exceptions import (
     ValidationError,
 )
 from .processing import ProcessResult, process
-from .registry import HANDLER_REGISTRY, handler
+from .registry import HANDLER_REGISTRY, external_handler, handler
 from .sending import flush
 from .serialization import register_type
 
@@ -42,6 +42,7 @@ __all__ = [
     "alog",
     "autodiscover",
     "configure",
+    "external_handler",
     "flush",
     "handler",
     "log",

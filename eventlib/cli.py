@@ -1,5 +1,6 @@
 """The ``eventlib`` command: list events, log and process them, run a
-worker, manage dead letters and the spool.
+worker or a listener of broadcast events, manage groups of listeners, dead
+letters and the spool.
 
 Exit codes scripts can rely on:
 
@@ -315,6 +316,105 @@ def _run_celery(app: Celery, argv: list[str]) -> int:
     finally:
         celery_command.params[0].default = None
     return status if isinstance(status, int) else 0
+
+
+# ------------------------------------------------------------ broadcast ---
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--group", "-g", required=True, help="The group of listeners this one joins.")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def listen(group: str, celery_args: tuple[str, ...]) -> None:
+    """Run the external handlers of broadcast events, as a listener of GROUP.
+
+    It imports the events modules of the configured apps, where
+    @external_handler functions are declared, creates the group on the
+    broker if it is new (from then on it keeps every broadcast event until
+    a listener takes it), then starts a Celery worker on the group's queue.
+    Listeners of one group share its events; every group gets every event.
+    Every other option goes to Celery's worker (--concurrency, --loglevel,
+    ...); its node name is listen-GROUP-PID@HOST unless -n gives one.
+    """
+    from .broadcast import register_group, set_listening_group
+    from .registry import EXTERNAL_HANDLER_REGISTRY
+    from .sending import celery_app, check_broker
+
+    apps = _require_apps()
+    with _errors_as_exit_codes():
+        autodiscover(apps)
+        app = celery_app()
+        check_broker(app)
+        queue = register_group(group, app)
+    if not len(EXTERNAL_HANDLER_REGISTRY):
+        click.echo(
+            f"eventlib: no @external_handler is declared in the events modules of "
+            f"{', '.join(apps)}: this listener takes events and runs nothing",
+            err=True,
+        )
+    set_listening_group(group)
+    app.amqp.queues.select_add(queue)
+    argv = ["worker", "--queues", queue.name, *celery_args]
+    if not any(arg in ("-n", "--hostname") or arg.startswith("--hostname=") for arg in celery_args):
+        # A node name of its own: beside a worker (or another listener) on this
+        # host, Celery's default one would collide on RabbitMQ.
+        argv += ["--hostname", f"listen-{group}-{os.getpid()}@%h"]
+    sys.exit(_run_celery(app, argv))
+
+
+@main.group(name="groups")
+def groups_command() -> None:
+    """The groups of listeners of broadcast events on the broker."""
+
+
+@groups_command.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def groups_list(as_json: bool) -> None:
+    """Every group, with the events waiting in its queue (its backlog) and,
+    on RabbitMQ, how many listeners consume it now.  JSON: a list of
+    {"name", "queue", "backlog", "listeners" (null on Redis)}."""
+    from .broadcast import groups
+
+    with _errors_as_exit_codes():
+        found = groups()
+    if as_json:
+        click.echo(json.dumps([group._asdict() for group in found]))
+        return
+    if not found:
+        click.echo("no group of listeners")
+        return
+    for group in found:
+        listeners = "" if group.listeners is None else f", {group.listeners} listening"
+        click.echo(f"{group.name}: {group.backlog} events waiting{listeners} ({group.queue})")
+
+
+@groups_command.command(name="create")
+@click.argument("name")
+def groups_create(name: str) -> None:
+    """Create the group NAME before its first listener starts: it keeps
+    every broadcast event from now on."""
+    from .broadcast import register_group
+
+    with _errors_as_exit_codes():
+        queue = register_group(name)
+    click.echo(f"group {name} keeps broadcast events in {queue.name}")
+
+
+@groups_command.command(name="delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def groups_delete(name: str, yes: bool) -> None:
+    """Delete the group NAME, with the events waiting in its queue.  A
+    listener of it that still runs creates it again."""
+    from .broadcast import NoSuchGroup, delete_group
+
+    if not yes:
+        click.confirm(f"Delete the group {name} and the events waiting for it?", abort=True)
+    with _errors_as_exit_codes():
+        try:
+            dropped = delete_group(name)
+        except NoSuchGroup as error:
+            _fail(str(error))
+    click.echo(f"deleted the group {name} and {dropped} events waiting for it")
 
 
 # --------------------------------------------------------- dead letters ---

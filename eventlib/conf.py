@@ -461,6 +461,12 @@ class Settings:
         doc="A Celery worker started without ``-Q``, in which eventlib's tasks are "
         "registered, consumes ``queue`` too.",
     )
+    broadcast: bool = _setting(
+        False,
+        kind=_BOOLEAN,
+        doc="Broadcast every event to the listeners of other processes once its handlers "
+        "ran, unless its class says ``broadcast = False`` (docs/broadcast.md).",
+    )
     celery_app: Any = _setting(
         None,
         kind=_CELERY_APP,

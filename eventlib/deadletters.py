@@ -57,6 +57,7 @@ from sqlalchemy.sql import ColumnElement
 
 from . import _state, metrics
 from ._sqlite import use_wal
+from .broadcast import EXCHANGE, EXTERNAL_TASK, group_of_key
 from .conf import get_settings
 from .exceptions import ConfigurationError, DispatchError
 from .sending import RETRY_TASK, broker_name, sender
@@ -265,6 +266,20 @@ def retry_all(*, here: bool = False) -> list[int]:
 def _retry(letter: DeadLetter, here: bool) -> ProcessResult | None:
     from . import processing
 
+    external = group_of_key(letter.handler)
+    if external is not None:
+        group, handler = external
+        if here:
+            return processing.process_external(
+                letter.event_name,
+                letter.payload,
+                group=group,
+                handler=handler,
+                attempt=letter.attempts + 1,
+                dead_letter=letter.id,
+            )
+        _send_to_listeners(letter, group, handler)
+        return None
     if here:
         return processing.retry_handler(
             letter.event_name,
@@ -309,12 +324,28 @@ def failed_again(dead_letter_id: int, *, reason: str, traceback: str) -> None:
 
 def _send_to_workers(letter: DeadLetter) -> None:
     args = (letter.event_name, letter.payload, letter.handler, letter.attempts + 1)
+    _send(letter, RETRY_TASK, args)
+
+
+def _send_to_listeners(letter: DeadLetter, group: str | None, handler: str) -> None:
+    """Send the dead letter of an external handler to its group's listeners."""
+    if group is None:
+        raise DispatchError(
+            f"dead letter {letter.id} was recorded in eager mode, by no group of listeners: "
+            "retry it here"
+        )
+    args = (letter.event_name, letter.payload, handler, letter.attempts + 1)
+    _send(letter, EXTERNAL_TASK, args, exchange=EXCHANGE.name, routing_key=group)
+
+
+def _send(letter: DeadLetter, task: str, args: tuple[Any, ...], **routing: Any) -> None:
     try:
         sender.send_task(
-            RETRY_TASK,
+            task,
             args,
             {"dead_letter": letter.id},
             shadow=f"{letter.event_name} dead letter {letter.id}",
+            **routing,
         )
     except DispatchError as error:
         raise DispatchError(

@@ -47,6 +47,12 @@ class BaseEvent:
     - ``client_address``: for an event from the HTTP endpoint, the address
       of the client that sent it (``None`` otherwise).
 
+    An event is broadcast, once its handlers ran in the worker, to the
+    listeners of other processes (:mod:`eventlib.broadcast`) when its class
+    says ``broadcast = True`` or overrides :meth:`broadcast`, or when the
+    ``broadcast`` setting is on and the class does not say
+    ``broadcast = False``.
+
     The class attributes ``retries`` and ``backoff`` are the retry options of
     the event's handlers that declare none (see :func:`~eventlib.handler`);
     a subclass that sets one to something other than a number >= 0 raises
@@ -98,6 +104,19 @@ class BaseEvent:
         its own output after a JSON round trip.
         """
         return None
+
+    def broadcast(self, data: dict[str, Any]) -> Mapping[str, Any] | None:
+        """What is broadcast of this event: by default ``data`` itself (the
+        event's data, as its handlers saw it).  Override it to send less or
+        more, or return ``None`` to send nothing this time.  It runs in the
+        worker, after the handlers; what it returns must serialize, as data
+        given to ``log()`` must.
+
+        Overriding it opts the event in, as ``broadcast = True`` does; a
+        class may instead set ``broadcast = False`` (never broadcast, even
+        with the ``broadcast`` setting on) or ``broadcast = True``.
+        """
+        return data
 
     def require_data_keys(self, keys: Iterable[str]) -> None:
         """Raise :class:`~eventlib.ValidationError` unless every key is in

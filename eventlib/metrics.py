@@ -29,6 +29,7 @@ COUNTERS = {
     "spooled": "events written to the local spool because the broker could not take them",
     "published_from_spool": "spooled events the broker has since accepted",
     "processed": "events whose handlers ran in this process",
+    "broadcast_received": "broadcast events whose external handlers ran in this process",
     "handler_failures": "handler calls that raised",
     "retries": "handler retries scheduled",
     "dead_letters": "failures recorded as dead letters",

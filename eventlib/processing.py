@@ -26,10 +26,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from . import metrics
+from . import broadcast, metrics
+from .broadcast import BROADCAST_OPTIONS, EXTERNAL_TASK, ExternalEvent
 from .discovery import discover_configured_apps, find_event
 from .exceptions import ValidationError
-from .registry import HANDLER_REGISTRY, handler_name
+from .registry import EXTERNAL_HANDLER_REGISTRY, HANDLER_REGISTRY, HandlerOptions, handler_name
 from .sending import RETRY_TASK, sender
 from .serialization import deserialize_event
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
     from .event import BaseEvent
 
-__all__ = ["HandlerFailure", "ProcessResult", "process", "retry_handler"]
+__all__ = ["HandlerFailure", "ProcessResult", "process", "process_external", "retry_handler"]
 
 logger = logging.getLogger("eventlib")
 
@@ -155,18 +156,79 @@ def retry_handler(
             _remove_dead_letter(run)
         return _every_handler(replace(run, attempt=1, dead_letter=None), event)
     try:
-        function = HANDLER_REGISTRY.find_handler(type(event), handler)
+        if handler == _BROADCAST_STEP:
+            function: Callable[..., Any] = broadcast.send
+        else:
+            function = HANDLER_REGISTRY.find_handler(type(event), handler)
     except KeyError as error:
         return _handler_gone(run, handler, str(error.args[0]))
-    result = _run_handlers(run, event, (function,))
-    if dead_letter is not None and result.succeeded:
-        _remove_dead_letter(run)
-    return result
+    return _run_alone(run, event, function)
+
+
+def process_external(
+    name: str,
+    payload: str | bytes,
+    *,
+    group: str | None,
+    handler: str | None = None,
+    attempt: int = 1,
+    dead_letter: int | None = None,
+    app: Celery | None = None,
+) -> ProcessResult:
+    """Run the external handlers (:func:`~eventlib.external_handler`) of
+    the broadcast event ``name`` on ``payload``, in this process, and return
+    a :class:`ProcessResult`: what a listener of ``group`` does
+    (:mod:`eventlib.broadcast`), with the same isolation, logging, retries
+    and dead letters as :func:`process` gives handlers.  The event's class
+    is not needed: the handlers get an :class:`~eventlib.broadcast.ExternalEvent`.
+
+    ``handler``, ``attempt`` and ``dead_letter`` run one handler again, as
+    for :func:`retry_handler`.  Retries go to the listeners of ``group``
+    through ``app``; without ``app``, or in eager mode, they run at once,
+    here.  A dead letter names the handler ``external:<group>:<handler>``.
+
+    Raises :class:`~eventlib.DeserializationError` when the payload is not
+    one, after recording it as a dead letter.
+    """
+    run = _Run(name, payload, attempt, app, handler=handler, dead_letter=dead_letter, external=True)
+    run.group = group
+    try:
+        envelope = deserialize_event(run.payload)
+    except Exception as error:
+        _unloadable(run, error)
+        raise
+    run.event_id = envelope.id
+    event = ExternalEvent(name, envelope.id, envelope.created_at, envelope.data)
+    if handler is None:
+        metrics.increment("broadcast_received")
+        return _run_handlers(run, event, EXTERNAL_HANDLER_REGISTRY.handlers_of(name))
+    try:
+        function = EXTERNAL_HANDLER_REGISTRY.find_handler(name, handler)
+    except KeyError as error:
+        return _handler_gone(run, handler, str(error.args[0]))
+    return _run_alone(run, event, function)
 
 
 def _every_handler(run: _Run, event: BaseEvent) -> ProcessResult:
     metrics.increment("processed")
-    return _run_handlers(run, event, HANDLER_REGISTRY.handlers_of(type(event)))
+    functions = HANDLER_REGISTRY.handlers_of(type(event))
+    if broadcast.broadcasts(type(event)):
+        functions += (broadcast.send,)
+    return _run_handlers(run, event, functions)
+
+
+def _run_alone(
+    run: _Run, event: BaseEvent | ExternalEvent, function: Callable[..., Any]
+) -> ProcessResult:
+    """Run one handler again; a dead letter it retried is removed when it succeeds."""
+    result = _run_handlers(run, event, (function,))
+    if run.dead_letter is not None and result.succeeded:
+        _remove_dead_letter(run)
+    return result
+
+
+#: What the broadcast of an event is called as the last of its handlers.
+_BROADCAST_STEP = handler_name(broadcast.send)
 
 
 def _handler_gone(run: _Run, handler: str, reason: str) -> ProcessResult:
@@ -239,7 +301,7 @@ def _unloadable(run: _Run, error: Exception) -> None:
 
 
 def _run_handlers(
-    run: _Run, event: BaseEvent, functions: tuple[Callable[..., Any], ...]
+    run: _Run, event: BaseEvent | ExternalEvent, functions: tuple[Callable[..., Any], ...]
 ) -> ProcessResult:
     """Call ``functions`` with the event, in order; hand each failure to the
     failure policy as it happens, then send the retries it asked for."""
@@ -259,7 +321,7 @@ def _run_handlers(
 
 
 def _call_each(
-    functions: tuple[Callable[..., Any], ...], event: BaseEvent
+    functions: tuple[Callable[..., Any], ...], event: BaseEvent | ExternalEvent
 ) -> Iterator[tuple[Callable[..., Any], Exception | None]]:
     """Call each function with ``event``, in order, and yield it with the
     ``Exception`` it raised (``None`` when it returned), as Django's
@@ -289,7 +351,7 @@ class _Retry:
 
 
 def _on_failure(
-    run: _Run, event: BaseEvent, function: Callable[..., Any], error: Exception
+    run: _Run, event: BaseEvent | ExternalEvent, function: Callable[..., Any], error: Exception
 ) -> _Retry | None:
     """Decide what follows a handler's failure, and log it with its
     traceback: the retry to send while the handler has retries left (at
@@ -297,7 +359,7 @@ def _on_failure(
     being retried is not retried automatically."""
     metrics.increment("handler_failures")
     name = handler_name(function)
-    options = HANDLER_REGISTRY.options_of(type(event), function)
+    options = _options(run, event, function)
     retries = options.retries or 0  # options_of() always sets it
     log = run.log(name)
     if run.dead_letter is None and run.attempt <= retries:
@@ -318,6 +380,17 @@ def _on_failure(
     return None
 
 
+def _options(
+    run: _Run, event: BaseEvent | ExternalEvent, function: Callable[..., Any]
+) -> HandlerOptions:
+    """The retry options of ``function`` as a handler of ``event``."""
+    if isinstance(event, ExternalEvent):
+        return EXTERNAL_HANDLER_REGISTRY.options_of(run.name, function)
+    if function is broadcast.send:
+        return BROADCAST_OPTIONS
+    return HANDLER_REGISTRY.options_of(type(event), function)
+
+
 def _send_retries(run: _Run, retries: list[_Retry]) -> tuple[str, ...]:
     """Send the retries to the workers of ``run.app``, or, in eager mode and
     without an app, queue them for :func:`_retries_in_turn`.  A retry that
@@ -332,7 +405,17 @@ def _send_retries(run: _Run, retries: list[_Retry]) -> tuple[str, ...]:
             args = (run.name, run.text, retry.handler, retry.attempt)
             try:
                 if here:
-                    _here.pending.append((args, run.app))
+                    _here.pending.append((run, args))
+                elif run.external:
+                    sender.send_task(
+                        EXTERNAL_TASK,
+                        args,
+                        countdown=retry.delay,
+                        app=run.app,
+                        shadow=f"{run.name} retry of {retry.handler}",
+                        exchange=broadcast.EXCHANGE.name,
+                        routing_key=run.group or "",
+                    )
                 else:
                     sender.send_task(
                         RETRY_TASK,
@@ -369,13 +452,18 @@ def _retries_in_turn() -> Iterator[None]:
     if getattr(_here, "pending", None) is not None:
         yield
         return
-    pending: deque[tuple[tuple[str, str, str, int], Celery | None]] = deque()
+    pending: deque[tuple[_Run, tuple[str, str, str, int]]] = deque()
     _here.pending = pending
     try:
         yield
         while pending:
-            args, app = pending.popleft()
-            retry_handler(*args, app=app)
+            run, (name, payload, handler, attempt) = pending.popleft()
+            if run.external:
+                process_external(
+                    name, payload, group=run.group, handler=handler, attempt=attempt, app=run.app
+                )
+            else:
+                retry_handler(name, payload, handler, attempt, app=run.app)
     finally:
         del _here.pending
 
@@ -392,6 +480,8 @@ def _dead(run: _Run, handler: str | None, reason: str, trace: str) -> None:
 
     what = handler or "the whole event"
     log = run.log(handler)
+    if run.external:
+        handler = broadcast.external_handler_key(run.group, handler or "")
     try:
         if run.dead_letter is None:
             number = deadletters.record(
@@ -456,6 +546,10 @@ class _Run:
     dead_letter: int | None = None
     #: Known once the payload is deserialized (or peeked at).
     event_id: str | None = None
+    #: Whether the handlers are external handlers, run by a listener.
+    external: bool = False
+    #: The group of listeners running them (``None`` in eager mode).
+    group: str | None = None
     #: The payload as text, to send again or keep in a dead letter.
     text: str = field(init=False)
 

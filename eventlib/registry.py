@@ -31,14 +31,18 @@ __all__ = [
     "ALL_EVENTS",
     "DEFAULT_BACKOFF",
     "DEFAULT_RETRIES",
+    "EXTERNAL_HANDLER_REGISTRY",
     "HANDLER_REGISTRY",
     "MAX_RETRY_DELAY",
     "METHOD_MARK",
+    "ExternalHandlerRegistry",
     "HandlerOptions",
     "HandlerRegistry",
     "check_retry_options",
+    "external_handler",
     "handler",
     "handler_name",
+    "matches",
     "method_handlers",
 ]
 
@@ -338,17 +342,8 @@ class HandlerRegistry(Mapping["type[BaseEvent]", "list[Callable[..., Any]]"]):
     def _register(
         self, pattern: str, function: Callable[..., Any], options: HandlerOptions
     ) -> None:
-        key = _qualified_name(function)
-        if "<" in key:  # a lambda or a nested function: only itself is itself
-            key = f"{key}#{id(function)}"
         with self._lock:
-            entry = (pattern, key, function, options)
-            for index, (registered_pattern, registered_key, _, _) in enumerate(self._functions):
-                if (registered_pattern, registered_key) == (pattern, key):
-                    self._functions[index] = entry
-                    break
-            else:
-                self._functions.append(entry)
+            _add_function(self._functions, pattern, function, options)
             self._resolved.clear()
 
     def _snapshot(self) -> tuple[Any, ...]:
@@ -365,5 +360,139 @@ class HandlerRegistry(Mapping["type[BaseEvent]", "list[Callable[..., Any]]"]):
         self._lock = threading.RLock()
 
 
+def _add_function(
+    functions: list[tuple[str, str, Callable[..., Any], HandlerOptions]],
+    pattern: str,
+    function: Callable[..., Any],
+    options: HandlerOptions,
+) -> None:
+    """Add ``function`` to ``functions`` for ``pattern``, or replace the
+    one registered under the same pattern and qualified name (its module
+    imported twice).  Lambdas and nested functions are told apart by
+    identity."""
+    key = _qualified_name(function)
+    if "<" in key:
+        key = f"{key}#{id(function)}"
+    entry = (pattern, key, function, options)
+    for index, (registered_pattern, registered_key, _, _) in enumerate(functions):
+        if (registered_pattern, registered_key) == (pattern, key):
+            functions[index] = entry
+            return
+    functions.append(entry)
+
+
+def matches(pattern: str, name: str) -> bool:
+    """Whether the handler pattern ``pattern`` (``'app.Event'``, ``'app.*'``
+    or ``'*'``) matches the event name ``name``."""
+    if pattern in (name, ALL_EVENTS):
+        return True
+    return pattern.endswith(".*") and pattern[:-2] == name.rpartition(".")[0]
+
+
 HANDLER_REGISTRY = HandlerRegistry()
 _state.declarations(HANDLER_REGISTRY)
+
+
+# ------------------------------------------------------ external handlers ---
+
+
+class ExternalHandlerRegistry:
+    """The functions declared with :func:`external_handler` in this
+    process, by pattern, in registration order.  Unlike
+    :class:`HandlerRegistry` it knows no event classes: a listener matches
+    the event names it receives against the patterns."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._functions: list[tuple[str, str, Callable[..., Any], HandlerOptions]] = []
+
+    def __repr__(self) -> str:
+        return f"<ExternalHandlerRegistry of {len(self._functions)} functions>"
+
+    def __len__(self) -> int:
+        return len(self._functions)
+
+    def handlers_of(self, name: str) -> tuple[Callable[..., Any], ...]:
+        """The external handlers of the event ``name``, in registration order."""
+        with self._lock:
+            return tuple(f for pattern, _, f, _ in self._functions if matches(pattern, name))
+
+    def options_of(self, name: str, function: Callable[..., Any]) -> HandlerOptions:
+        """The retry options of ``function`` as an external handler of the
+        event ``name``, both set (what it declared, else the defaults).
+        Raises ``KeyError`` when it is not one of its handlers."""
+        with self._lock:
+            for pattern, _, registered, options in self._functions:
+                if registered is function and matches(pattern, name):
+                    return HandlerOptions(
+                        _first_set(options.retries, DEFAULT_RETRIES),
+                        _first_set(options.backoff, DEFAULT_BACKOFF),
+                    )
+        raise KeyError(f"{_qualified_name(function)} is not an external handler of {name}")
+
+    def find_handler(self, name: str, handler: str) -> Callable[..., Any]:
+        """The external handler of the event ``name`` whose
+        :func:`handler_name` is ``handler``.  Raises ``KeyError`` when there
+        is none: it was renamed or removed."""
+        for function in self.handlers_of(name):
+            if _qualified_name(function) == handler:
+                return function
+        raise KeyError(f"the event {name} has no external handler named {handler} here")
+
+    def _register(
+        self, pattern: str, function: Callable[..., Any], options: HandlerOptions
+    ) -> None:
+        with self._lock:
+            _add_function(self._functions, pattern, function, options)
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        with self._lock:
+            return (list(self._functions),)
+
+    def _restore(self, snapshot: tuple[Any, ...]) -> None:
+        with self._lock:
+            (functions,) = snapshot
+            self._functions = list(functions)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.RLock()
+
+
+EXTERNAL_HANDLER_REGISTRY = ExternalHandlerRegistry()
+_state.declarations(EXTERNAL_HANDLER_REGISTRY)
+
+
+def external_handler(
+    pattern: str, /, *, retries: int | None = None, backoff: float | None = None
+) -> Callable[[F], F]:
+    """Register a function to run, in a listener (``eventlib listen``), on
+    every broadcast event whose name matches ``pattern`` (``'shop.Refund'``,
+    ``'shop.*'`` or ``'*'``, as for :func:`handler`)::
+
+        @external_handler('shop.Refund', retries=3)
+        def mirror_refund(event):
+            event.name, event.id, event.created_at, event.data
+
+    The function gets a :class:`~eventlib.broadcast.ExternalEvent`: the
+    process needs none of the event classes.  ``retries`` and ``backoff``
+    work as for :func:`handler` (by default 0 and 2.0; there is no event
+    class to take them from).  The function is returned unchanged.
+
+    Raises :class:`~eventlib.InvalidEventName` for a malformed pattern;
+    ``TypeError`` when what it decorates is not callable or an option is not
+    a number; ``ValueError`` when an option is negative.
+    """
+    if not isinstance(pattern, str):
+        raise TypeError(f"@external_handler takes an event name or pattern, not {pattern!r}")
+    options = HandlerOptions(retries, backoff)
+    parsed = _parse_target(pattern)
+
+    def register(function: F) -> F:
+        if not callable(function):
+            raise TypeError(
+                f"@external_handler({pattern!r}) decorates a callable, not {function!r}"
+            )
+        EXTERNAL_HANDLER_REGISTRY._register(parsed, function, options)
+        return function
+
+    return register

@@ -237,10 +237,12 @@ class Sender:
         countdown: float | None = None,
         app: Celery | None = None,
         shadow: str | None = None,
+        **routing: Any,
     ) -> None:
         """Run eventlib's task ``task_name`` at once, here, in eager mode (the
         ``always_eager`` setting, or an ``app`` whose ``task_always_eager``
-        is on); otherwise publish it now to eventlib's queue, with eventlib's
+        is on); otherwise publish it now to eventlib's queue (or as
+        ``routing``'s ``exchange`` and ``routing_key`` say), with eventlib's
         pools and timeouts.  What retries of handlers and dead letters go
         through; ``shadow`` is what Flower and the worker's log call it.
         Raises :class:`~eventlib.DispatchError` naming the broker when it
@@ -251,7 +253,7 @@ class Sender:
             return
         try:
             self._send_message(
-                app, task_name, args, kwargs=kwargs, countdown=countdown, shadow=shadow
+                app, task_name, args, kwargs=kwargs, countdown=countdown, shadow=shadow, **routing
             )
         except Exception as error:
             raise DispatchError(

@@ -1,5 +1,6 @@
 """eventlib's Celery tasks: ``eventlib.process``, ``eventlib.process_batch``
-and ``eventlib.retry_handler``.
+and ``eventlib.retry_handler``, which workers run, and ``eventlib.external``,
+which listeners run (:mod:`eventlib.broadcast`).
 
 They are shared tasks: every Celery app in the process registers them, the
 user's own app as well as the one eventlib creates when there is none, so
@@ -35,7 +36,7 @@ from celery.signals import (
 )
 from celery.utils.imports import cwd_in_path
 
-from . import metrics, processing
+from . import broadcast, metrics, processing
 from .conf import get_settings
 from .discovery import autodiscover
 from .exceptions import ProcessingFailed
@@ -46,6 +47,7 @@ __all__ = [
     "COUNTERS_LOG_EVERY",
     "RETRY_TASK_NAME",
     "TASK_NAME",
+    "external",
     "log_counters",
     "process_batch",
     "process_event",
@@ -165,6 +167,37 @@ def retry_handler(
     _end(self, [outcome])
 
 
+@shared_task(name=broadcast.EXTERNAL_TASK, **_OPTIONS)
+def external(
+    self: Task,
+    name: str,
+    payload: str,
+    handler: str | None = None,
+    attempt: int = 1,
+    dead_letter: int | None = None,
+) -> None:
+    """Run, in a listener, the external handlers of a broadcast event (one
+    of them when ``handler`` names it: a retry), as
+    :func:`eventlib.processing.process_external` does for the listener's
+    group.  A failure ends the task as for ``eventlib.process``."""
+    group = broadcast.listening_group(self.app)
+    try:
+        outcome: _Outcome = processing.process_external(
+            name,
+            payload,
+            group=group,
+            handler=handler,
+            attempt=attempt,
+            dead_letter=dead_letter,
+            app=self.app,
+        )
+    except Exception as error:  # logged, and recorded, by process_external()
+        if self.request.is_eager:
+            raise
+        outcome = _Unloadable(name, error)
+    _end(self, [outcome])
+
+
 # ------------------------------------------------------ how a task ends ---
 
 
@@ -265,7 +298,7 @@ def _consume_eventlib_queue(sender: str, instance: Any, **_: Any) -> None:
     settings = get_settings()
     queues = instance.app.amqp.queues
     consumed = sorted(queues.consume_from)
-    if settings.queue in consumed:
+    if settings.queue in consumed or broadcast.listening_group(instance.app):
         return
     if sender in _chose_queues:
         logger.warning(

@@ -336,6 +336,7 @@ def test_every_setting_can_come_from_the_environment(isolation):
             "EVENTLIB_BATCH_SIZE": "20",
             "EVENTLIB_BATCH_BYTES": "65536",
             "EVENTLIB_WORKER_CONSUMES_QUEUE": "no",
+            "EVENTLIB_BROADCAST": "yes",
             "EVENTLIB_CELERY_APP": "proj.celery:app",
         }
     )
