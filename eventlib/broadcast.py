@@ -23,8 +23,11 @@ How a copy reaches each group depends on the broker:
   matches: one message is published per group, with the group's name as
   routing key, so that what comes back goes to its own group only.  The
   groups are read from those bindings.
+- kombu's in-memory broker (``memory://``, one process) is served as
+  Redis is, for examples and tests.
 - Other brokers (the embedded SQLite broker among them) keep bindings in
-  the memory of the process that declared them: publishing raises
+  the memory of the process that declared them, so that a worker would not
+  see the groups of its listeners: publishing raises
   :class:`~eventlib.ConfigurationError`.
 
 In eager mode (the ``always_eager`` setting) nothing is published: the
@@ -207,11 +210,12 @@ def _routing_keys(connection: Connection) -> list[str]:
     driver = connection.transport.driver_type
     if driver == "amqp":
         return [EVERY_GROUP]
-    if driver == "redis":
+    if driver in ("redis", "memory"):
         return sorted(_bound_groups(connection.default_channel))
     raise ConfigurationError(
         f"cannot broadcast through the broker {connection.as_uri()}: broadcast needs "
-        f"RabbitMQ or Redis ({driver} keeps its exchanges' bindings in one process)"
+        f"RabbitMQ or Redis (the {driver} transport keeps its exchanges' bindings in "
+        "the memory of one process)"
     )
 
 
@@ -303,6 +307,9 @@ def delete_group(group: str, app: Celery | None = None) -> int:
             channel = connection.default_channel
             # kombu's Redis channel removes the bindings this channel declared.
             _declare_group(channel, group).delete()
+            if not amqp:  # its in-memory channel keeps them in the exchange's table
+                for routing_key in (group, EVERY_GROUP):
+                    channel.queue_unbind(QUEUE_PREFIX + group, EXCHANGE.name, routing_key)
         return size[0] if size else 0
 
 
@@ -331,12 +338,12 @@ def _size(connection: Connection, group: str) -> tuple[int, int | None] | None:
 
 def _bound_groups(channel: Channel) -> set[str]:
     """The groups whose queues are bound to :data:`EXCHANGE` in kombu's
-    bindings table (Redis)."""
-    return {
-        queue[len(QUEUE_PREFIX) :]
-        for _, _, queue in channel.get_table(EXCHANGE.name)
-        if queue.startswith(QUEUE_PREFIX)
-    }
+    bindings table (Redis; in memory, none before the exchange is declared)."""
+    try:
+        table = channel.get_table(EXCHANGE.name)
+    except KeyError:
+        return set()
+    return {queue[len(QUEUE_PREFIX) :] for _, _, queue in table if queue.startswith(QUEUE_PREFIX)}
 
 
 def _groups_queue() -> Queue:

@@ -335,12 +335,13 @@ def listen(group: str, celery_args: tuple[str, ...]) -> None:
     Every other option goes to Celery's worker (--concurrency, --loglevel,
     ...); its node name is listen-GROUP-PID@HOST unless -n gives one.
     """
-    from .broadcast import register_group, set_listening_group
+    from .broadcast import check_group_name, register_group, set_listening_group
     from .registry import EXTERNAL_HANDLER_REGISTRY
     from .sending import celery_app, check_broker
 
     apps = _require_apps()
     with _errors_as_exit_codes():
+        check_group_name(group)
         autodiscover(apps)
         app = celery_app()
         check_broker(app)
