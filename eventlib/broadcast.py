@@ -153,8 +153,9 @@ def send(event: BaseEvent) -> None:
     """Broadcast ``event`` (the worker runs it after the event's handlers,
     as the last of them, named ``eventlib.broadcast.send``): publish what
     its :meth:`~eventlib.BaseEvent.broadcast` returns to every group, or, in
-    eager mode, run this process's external handlers at once.  Nothing is
-    sent when it returns ``None``.
+    eager mode and while a recorder of :mod:`eventlib.testing` is installed,
+    run this process's external handlers at once.  Nothing is sent when it
+    returns ``None``.
 
     Raises what publishing raises (the broker cannot take it),
     :class:`~eventlib.ConfigurationError` for a broker that cannot
@@ -182,7 +183,7 @@ def send(event: BaseEvent) -> None:
     outgoing.data = dict(shaped)
     payload = serialize_event(outgoing)
     app = sender.app()
-    if sender.is_eager(app):
+    if sender.is_eager(app) or sender.recording:
         processing.process_external(event.name, payload, group=None)
         return
     with app.producer_or_acquire() as producer:

@@ -273,6 +273,11 @@ class Sender:
     def remove_recorder(self, recorder: Recorder) -> None:
         self._recorders.remove(recorder)
 
+    @property
+    def recording(self) -> bool:
+        """Whether a recorder takes the events instead of the broker."""
+        return bool(self._recorders)
+
     # ---------------------------------------------------------- publishing ---
 
     def _publish(

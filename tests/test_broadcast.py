@@ -183,6 +183,21 @@ def test_a_hook_that_returns_no_mapping_fails_the_broadcast_alone(shop, eager):
     assert letter.attempts == broadcast.BROADCAST_OPTIONS.retries + 1
 
 
+def test_under_a_recorder_external_handlers_run_here_and_failures_are_reported(mirror, memory):
+    from eventlib.testing import capture_events
+
+    with capture_events(run_handlers=True) as events:
+        eventlib.log("shop.Refund", {"amount": 1})
+        mirror.FAILING["on"] = True
+        with events.expect_failures() as failures:
+            eventlib.log("shop.Refund", {"amount": 2})
+
+    assert [entry[0] for entry in mirror.SEEN].count("shop.Refund") == 2
+    assert [failure.handler for failure in failures] == ["mirror.events.flaky"]
+    assert events.failures == failures
+    assert take_messages(celery_app(), celery_app().conf.task_default_queue) == []
+
+
 # ---------------------------------------------------- external handlers ---
 
 
