@@ -603,28 +603,43 @@ def _indent(text: str) -> str:
 
 @dead.command(name="retry")
 @click.argument("dead_letter_id", metavar="[ID]", type=int, required=False)
-@click.option("--all", "retry_every", is_flag=True, help="Retry every dead letter.")
+@click.option(
+    "--all", "retry_every", is_flag=True, help="Retry every dead letter (that the filters keep)."
+)
+@_dead_letter_filters
 @click.option(
     "--here",
     is_flag=True,
     help="Run the handler in this process instead of sending it to a worker.",
 )
-def dead_retry(dead_letter_id: int | None, retry_every: bool, here: bool) -> None:
-    """Run the dead letter ID (or --all of them) again: only the handler that
-    failed, or the whole event when the whole event failed.
+def dead_retry(
+    dead_letter_id: int | None,
+    retry_every: bool,
+    event: str | None,
+    handler: str | None,
+    since: datetime | None,
+    here: bool,
+) -> None:
+    """Run the dead letter ID (or --all of them, or all those --event,
+    --handler and --since keep) again: only the handler that failed, or the
+    whole event when the whole event failed.
 
-    By default each is sent to the workers through the broker; with --here it
-    runs in this process and prints the outcome.  A success removes the dead
-    letter; a failure keeps it with one more attempt.  Exits 1 when a retry
-    run here failed again.
+    By default each is sent to the workers through the broker (an external
+    handler's, to its group's listeners); with --here it runs in this
+    process and prints the outcome.  A success removes the dead letter; a
+    failure keeps it with one more attempt.  Exits 1 when a retry run here
+    failed again.
     """
     from .deadletters import list_dead_letters, retry
 
+    filtered = any(value is not None for value in (event, handler, since))
     if (dead_letter_id is None) == (not retry_every):
         _fail("give a dead letter ID or --all (one of them)")
+    if filtered and not retry_every:
+        _fail("--event, --handler and --since choose among --all, not with an ID")
     if retry_every:
         with _dead_letter_errors():
-            letters = list_dead_letters()
+            letters = list_dead_letters(event=event, handler=handler, since=since)
         if not letters:
             click.echo("no dead letters")
             return
