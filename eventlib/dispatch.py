@@ -33,6 +33,7 @@ __all__ = [
     "log_from",
     "set_sync_runner",
     "set_transaction_hook",
+    "sync_runner",
     "transaction_hook",
 ]
 
@@ -89,6 +90,11 @@ def set_sync_runner(runner: SyncRunner | None) -> None:
     that holds the connection, and so the transaction, of the request."""
     global _sync_runner
     _sync_runner = runner or _in_a_thread
+
+
+def sync_runner() -> SyncRunner:
+    """The runner :func:`set_sync_runner` installed (or the default)."""
+    return _sync_runner
 
 
 def log(

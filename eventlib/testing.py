@@ -44,7 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import _state, conf, dispatch
+from . import _state, broadcast, conf, dispatch
 from .discovery import clear_cache
 from .processing import ProcessResult, process
 from .sending import sender
@@ -330,9 +330,10 @@ def reset() -> None:
 @contextmanager
 def isolated() -> Iterator[None]:
     """Run the block on a fresh eventlib, then forget what it did: at both
-    ends, :func:`reset`; at the end, the handler registry, the registered
-    types and the transaction hook are as they were at the start (events,
-    handlers and types the block declared are forgotten).  Modules the
+    ends, :func:`reset`; at the end, the handler registries, the registered
+    types, the transaction hook, ``alog()``'s sync runner and the group a
+    listener serves are as they were at the start (events, handlers and
+    types the block declared are forgotten).  Modules the
     block imported stay in ``sys.modules``: remove those you wrote, then
     call :func:`forget_event_classes`.
 
@@ -344,13 +345,16 @@ def isolated() -> Iterator[None]:
                 yield
     """
     restore = _state.snapshot()
-    hook = dispatch.transaction_hook()
+    hook, runner = dispatch.transaction_hook(), dispatch.sync_runner()
+    group = broadcast.listening_group()
     reset()
     try:
         yield
     finally:
         restore()
         dispatch.set_transaction_hook(hook)
+        dispatch.set_sync_runner(runner)
+        broadcast.set_listening_group(group)
         reset()
 
 

@@ -11,10 +11,18 @@ from datetime import timedelta
 import pytest
 
 import eventlib
-from eventlib import SerializationError, conf, deadletters, dispatch, metrics, testing
+from eventlib import (
+    SerializationError,
+    broadcast,
+    conf,
+    deadletters,
+    dispatch,
+    metrics,
+    testing,
+)
 from eventlib.discovery import find_event
 from eventlib.processing import ProcessResult
-from eventlib.registry import HANDLER_REGISTRY, handler_name
+from eventlib.registry import EXTERNAL_HANDLER_REGISTRY, HANDLER_REGISTRY, handler_name
 from eventlib.sending import spool_status
 from eventlib.serialization import dumps
 from eventlib.testing import CapturedEvent, Failure, capture_events, dead_letters_in
@@ -497,15 +505,23 @@ def test_isolated_starts_afresh_and_forgets_what_the_block_declared(isolation):
     isolation.write("shop/events.py", SHOP_EVENTS)
     eventlib.configure(queue="refunds")
 
+    default_runner = dispatch.sync_runner()
+
     with testing.isolated():
         assert conf.get_settings().queue == conf.Settings().queue
         refund = find_event("shop.Refund")
         held = declare_all_kinds()
+        eventlib.external_handler("shop.*")(held.append)
+        dispatch.set_sync_runner(held.append)
+        broadcast.set_listening_group("billing")
         metrics.increment("logged")
         assert dispatch.transaction_hook() == held.append
 
     assert refund not in HANDLER_REGISTRY
+    assert EXTERNAL_HANDLER_REGISTRY.handlers_of("shop.Refund") == ()
     assert dispatch.transaction_hook() is None
+    assert dispatch.sync_runner() is default_runner
+    assert broadcast.listening_group() is None
     with pytest.raises(SerializationError, match="cannot serialize object of type Point"):
         dumps(Point(3))
     assert metrics.snapshot()["logged"] == 0
