@@ -157,7 +157,9 @@ def send(event: BaseEvent) -> None:
     run this process's external handlers at once.  Nothing is sent when it
     returns ``None``.
 
-    Raises what publishing raises (the broker cannot take it),
+    It publishes as handlers' retries are published, with eventlib's pools,
+    timeouts and (on RabbitMQ) publisher confirms.  Raises
+    :class:`~eventlib.DispatchError` when the broker cannot take it,
     :class:`~eventlib.ConfigurationError` for a broker that cannot
     broadcast, :class:`~eventlib.SerializationError` for data that does not
     serialize, and ``TypeError`` when ``broadcast()`` returns neither a
@@ -186,22 +188,18 @@ def send(event: BaseEvent) -> None:
     if sender.is_eager(app) or sender.recording:
         processing.process_external(event.name, payload, group=None)
         return
-    with app.producer_or_acquire() as producer:
-        connection = producer.connection
+    with app.pool.acquire(block=True, timeout=get_settings().broker_timeout) as connection:
         routing_keys = _routing_keys(connection)
-        for routing_key in routing_keys:
-            app.send_task(
-                EXTERNAL_TASK,
-                args=(event.name, payload),
-                exchange=EXCHANGE,
-                routing_key=routing_key,
-                declare=[EXCHANGE],
-                producer=producer,
-                serializer="json",
-                shadow=f"{event.name} broadcast",
-                add_to_parent=False,
-                retry=True,
-            )
+    for routing_key in routing_keys:
+        sender.send_task(
+            EXTERNAL_TASK,
+            (event.name, payload),
+            app=app,
+            shadow=f"{event.name} broadcast",
+            exchange=EXCHANGE.name,
+            routing_key=routing_key,
+            declare=[EXCHANGE],
+        )
 
 
 def _routing_keys(connection: Connection) -> list[str]:
