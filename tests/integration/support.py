@@ -281,10 +281,11 @@ class Worker:
         command: Sequence[str] = ("eventlib", "worker"),
         *,
         cwd: Path | None = None,
+        concurrency: int = 2,
     ) -> None:
         """With ``cwd``, the command runs there as its script (the venv's
         ``celery``, not ``python -m celery``, which would put the folder on
-        ``sys.path`` itself)."""
+        ``sys.path`` itself).  ``concurrency`` is its number of pool processes."""
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
         start = [sys.executable, "-m"] if cwd is None else []
@@ -295,7 +296,7 @@ class Worker:
                 *start,
                 *command,
                 "--loglevel=INFO",
-                "--concurrency=2",
+                f"--concurrency={concurrency}",
                 "--without-mingle",
                 "--without-gossip",
                 f"--hostname={name}@%h",
