@@ -70,6 +70,7 @@ __all__ = [
     "Group",
     "NoSuchGroup",
     "broadcasts",
+    "check_group",
     "check_group_name",
     "delete_group",
     "external_handler_key",
@@ -310,6 +311,18 @@ def delete_group(group: str, app: Celery | None = None) -> int:
                 for routing_key in (group, EVERY_GROUP):
                     channel.queue_unbind(QUEUE_PREFIX + group, EXCHANGE.name, routing_key)
         return size[0] if size else 0
+
+
+def check_group(group: str, app: Celery | None = None) -> None:
+    """Raise :class:`NoSuchGroup` unless ``group``'s queue is on the broker
+    (a message sent to a group that is not there would be routed nowhere)."""
+    check_group_name(group)
+    with _connection(app) as connection:
+        if _size(connection, group) is None:
+            raise NoSuchGroup(
+                f"there is no group {group!r} on {connection.as_uri()}: create it "
+                f"(eventlib groups create {group}) or start one of its listeners"
+            )
 
 
 def _size(connection: Connection, group: str) -> tuple[int, int | None] | None:

@@ -57,7 +57,7 @@ from sqlalchemy.sql import ColumnElement
 
 from . import _state, metrics
 from ._sqlite import use_wal
-from .broadcast import EXCHANGE, EXTERNAL_TASK, group_of_key
+from .broadcast import EXCHANGE, EXTERNAL_TASK, NoSuchGroup, check_group, group_of_key
 from .conf import get_settings
 from .exceptions import ConfigurationError, DispatchError
 from .sending import RETRY_TASK, broker_name, sender
@@ -233,7 +233,8 @@ def retry(dead_letter_id: int, *, here: bool = False) -> ProcessResult | None:
     way is not retried again automatically.  When a whole event can be
     processed again, its dead letter is removed and its handlers run as for a
     new event (with their retries).  Raises ``LookupError`` when there is no
-    such dead letter.
+    such dead letter, and :class:`~eventlib.broadcast.NoSuchGroup` when an
+    external handler's group is no longer on the broker.
     """
     letter = get(dead_letter_id)
     if letter is None:
@@ -328,12 +329,20 @@ def _send_to_workers(letter: DeadLetter) -> None:
 
 
 def _send_to_listeners(letter: DeadLetter, group: str | None, handler: str) -> None:
-    """Send the dead letter of an external handler to its group's listeners."""
+    """Send the dead letter of an external handler to its group's listeners.
+    Raises :class:`~eventlib.broadcast.NoSuchGroup` when the group is no
+    longer on the broker."""
     if group is None:
         raise DispatchError(
             f"dead letter {letter.id} was recorded in eager mode, by no group of listeners: "
             "retry it here"
         )
+    try:
+        check_group(group)
+    except NoSuchGroup as error:
+        raise NoSuchGroup(
+            f"dead letter {letter.id} cannot be sent to its listeners: {error}"
+        ) from None
     args = (letter.event_name, letter.payload, handler, letter.attempts + 1)
     _send(letter, EXTERNAL_TASK, args, exchange=EXCHANGE.name, routing_key=group)
 

@@ -417,3 +417,27 @@ def test_listen_refuses_a_bad_group_name_and_no_apps(memory):
     bad = runner.invoke(main, ["--apps", "shop", "listen", "--group", "a b"])
     assert bad.exit_code == EXIT_USAGE
     assert "invalid group name 'a b'" in bad.output
+
+
+def test_a_dead_letter_goes_back_to_its_group_only_while_the_group_is_there(mirror, memory):
+    group = _group(memory)
+    broadcast.register_group(group)
+    mirror.FAILING["on"] = True
+    payload = serialize_event(importlib.import_module("shop.events").Refund({}))
+    processing.process_external(
+        "shop.Refund", payload, group=group, handler="mirror.events.flaky", attempt=3
+    )
+    [letter] = deadletters.list_dead_letters()
+
+    deadletters.retry(letter.id)
+    [message] = take_messages(celery_app(), broadcast.QUEUE_PREFIX + group)
+    assert message.decode() == [
+        ["shop.Refund", payload, "mirror.events.flaky", 4],
+        {"dead_letter": letter.id},
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    ]
+
+    broadcast.delete_group(group)
+    with pytest.raises(broadcast.NoSuchGroup, match=f"dead letter {letter.id} cannot be sent"):
+        deadletters.retry(letter.id)
+    assert deadletters.get(letter.id) is not None
