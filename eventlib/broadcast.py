@@ -365,7 +365,10 @@ def _groups_queue() -> Queue:
 def _recorded_groups(connection: Connection) -> set[str]:
     """The groups recorded in :data:`GROUPS_QUEUE` (RabbitMQ): each message
     is taken without being acknowledged, and every one goes back to the
-    queue when the channel closes."""
+    queue when the channel closes.  Two processes reading at once may each
+    see part of the records: a listing may then miss a group for a moment,
+    and a group may be recorded twice, which the names' set absorbs; a
+    record left of a deleted group is not listed, since its queue is gone."""
     with _records(connection) as records:
         return {name for name, _ in records}
 
