@@ -150,6 +150,15 @@ def broadcasts(event_class: type[BaseEvent]) -> bool:
     return get_settings().broadcast
 
 
+def _shaper(event_class: type[BaseEvent]) -> Any:
+    """The ``broadcast(self, data)`` method of ``event_class``:
+    :class:`~eventlib.BaseEvent`'s where the class says ``broadcast = True``."""
+    from .event import BaseEvent
+
+    declared = event_class.broadcast  # type: ignore[attr-defined,unused-ignore]
+    return BaseEvent.broadcast if isinstance(declared, bool) else declared
+
+
 def send(event: BaseEvent) -> None:
     """Broadcast ``event`` (the worker runs it after the event's handlers,
     as the last of them, named ``eventlib.broadcast.send``): publish what
@@ -169,12 +178,9 @@ def send(event: BaseEvent) -> None:
     letter when it gives up.
     """
     from . import processing
-    from .event import BaseEvent
     from .sending import sender
 
-    declared = type(event).broadcast  # type: ignore[attr-defined,unused-ignore]
-    shape = BaseEvent.broadcast if isinstance(declared, bool) else declared
-    shaped = shape(event, dict(event.data))
+    shaped = _shaper(type(event))(event, dict(event.data))
     if shaped is None:
         return
     if not isinstance(shaped, Mapping):
