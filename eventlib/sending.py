@@ -52,11 +52,12 @@ from types import FrameType
 from typing import Any
 
 from celery import Celery
+from celery.utils import uuid
 from kombu.connection import Connection
 from kombu.pools import ProducerPool
 from kombu.utils.url import maybe_sanitize_url
 
-from . import _state, metrics
+from . import _state, messages, metrics
 from .conf import Settings, get_settings
 from .embedded import SCHEME, default_path, url_for
 from .exceptions import ConfigurationError, DispatchError, SpoolError
@@ -88,6 +89,7 @@ logger = logging.getLogger("eventlib")
 PROCESS_TASK = "eventlib.process"
 BATCH_TASK = "eventlib.process_batch"
 RETRY_TASK = "eventlib.retry_handler"
+_EVENT_TASKS = (PROCESS_TASK, BATCH_TASK)
 
 #: One retry at once, for a pooled connection the broker closed meanwhile;
 #: a broker that is down is the spool's business.
@@ -134,6 +136,7 @@ class Sender:
         self._lock = threading.RLock()
         self._own_app: Celery | None = None
         self._pools: dict[int, ProducerPool] = {}
+        self._routes: dict[tuple[int, str, str], messages.Route | None] = {}
         self._spools: dict[tuple[str, str, str | None, int], Spool] = {}
         self.circuit = Circuit()
         self._next_probe = 0.0
@@ -334,22 +337,38 @@ class Sender:
         """Publish one message of eventlib's task ``task`` to eventlib's
         queue, with eventlib's pools, timeouts and retry policy; return
         whether it was published: not when ``unless()`` is true once a
-        connection was had."""
+        connection was had.
+
+        The event tasks' messages are built by :mod:`eventlib.messages`,
+        when the app lets it; the others by Celery's ``send_task()``."""
         settings = get_settings()
+        route = self._route(app, task, settings.queue) if task in _EVENT_TASKS else None
         with self._producers(app).acquire(block=True, timeout=settings.broker_timeout) as producer:
             if unless is not None and unless():
                 return False
-            app.send_task(
-                task,
-                args=args,
-                queue=settings.queue,
-                producer=producer,
-                serializer="json",
-                retry=True,
-                retry_policy=_retry_policy(settings.broker_timeout),
-                add_to_parent=False,
-                **options,
-            )
+            if route is not None:
+                messages.publish(
+                    producer,
+                    app,
+                    route,
+                    tuple(args),
+                    task_id=options.get("task_id") or uuid(),
+                    shadow=options["shadow"],
+                    argsrepr=options.get("argsrepr"),
+                    retry_policy=_retry_policy(settings.broker_timeout),
+                )
+            else:
+                app.send_task(
+                    task,
+                    args=args,
+                    queue=settings.queue,
+                    producer=producer,
+                    serializer="json",
+                    retry=True,
+                    retry_policy=_retry_policy(settings.broker_timeout),
+                    add_to_parent=False,
+                    **options,
+                )
         self._broker_answered = True
         return True
 
@@ -664,6 +683,16 @@ class Sender:
                     self._pools[id(app)] = pool
         return pool
 
+    def _route(self, app: Celery, task: str, queue: str) -> messages.Route | None:
+        """How ``task`` is published to ``queue`` on ``app``
+        (:func:`eventlib.messages.route`), worked out once."""
+        key = (id(app), task, queue)
+        try:
+            return self._routes[key]
+        except KeyError:
+            found = self._routes[key] = messages.route(app, task, queue)
+            return found
+
     def spool(self, settings: Settings | None = None) -> Spool:
         """The spool of ``spool_path``, for this process's destination.
         Builds no Celery app, and imports no transport: it serves at
@@ -693,6 +722,7 @@ class Sender:
         with self._lock:
             app, self._own_app = self._own_app, None
             pools, self._pools = list(self._pools.values()), {}
+            self._routes = {}
             self._spools.clear()
             self.circuit.close()
             self._spool_waiting = True
