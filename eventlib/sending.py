@@ -142,6 +142,10 @@ class Sender:
         self._next_probe = 0.0
         self._buffer: deque[Outgoing | _FlushMark] = deque()
         self._wake = threading.Event()
+        #: Whether the publisher waits for work (then it is woken), and
+        #: whether work came since its round began.
+        self._idle = False
+        self._work = False
         self._thread: threading.Thread | None = None
         self._stopping = False
         #: Whether the spool may hold events of this process's destination.
@@ -185,7 +189,7 @@ class Sender:
             if len(self._buffer) < settings.buffer_size:
                 self._buffer.append((name, event_id, payload))
                 self._start_publisher()
-                self._wake.set()
+                self._work_for_publisher()
             else:
                 self._spool_in_caller(settings, [(name, event_id, payload)], None)
         elif mode == "spool":
@@ -229,7 +233,14 @@ class Sender:
         metrics.increment("spooled", len(events))
         self._spool_waiting = self._spooled_here = True
         self._start_publisher()
-        self._wake.set()
+        self._work_for_publisher()
+
+    def _work_for_publisher(self) -> None:
+        """Tell the publisher there is work; wake it only if it waits (a
+        thread at work looks for more before it waits again)."""
+        self._work = True
+        if self._idle:
+            self._wake.set()
 
     def send_task(
         self,
@@ -430,7 +441,12 @@ class Sender:
         while not self._stopping:
             waiting = self.circuit.is_open or self._spool_waiting
             settings = get_settings()
-            self._wake.wait(settings.spool_probe_interval if waiting else None)
+            # _work_for_publisher() sets _work, then reads _idle: either
+            # this sees its work, or it sees this waiting and wakes it.
+            self._idle = True
+            if not self._work:
+                self._wake.wait(settings.spool_probe_interval if waiting else None)
+            self._idle = self._work = False
             self._wake.clear()
             self._round(settings)
 
@@ -774,6 +790,7 @@ class Sender:
             spool.after_fork()
         self._buffer = deque()
         self._wake = threading.Event()
+        self._idle = self._work = False
         self._thread = None
         self._stopping = False
         self._broker_answered = False

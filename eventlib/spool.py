@@ -72,6 +72,10 @@ _MINE = "(broker is null or (broker = ? and queue = ?))"
 #: Columns added since the first release, for spool files written by it
 #: (whose events, with no destination, go to whichever broker flushes them).
 _ADDED_COLUMNS = ("broker", "queue", "claimed_by")
+_INSERT = (
+    "insert into spool (name, event_id, payload, spooled_at, broker, queue) "
+    "values (?, ?, ?, ?, ?, ?)"
+)
 #: This host, as a claim names it (see :func:`_claimer_alive`).
 _HOST = socket.gethostname()
 
@@ -153,7 +157,10 @@ class Spool:
         try:
             yield
         except sqlite3.Error as error:
-            raise SpoolError(f"the spool file {self.path} cannot {doing}: {error}") from error
+            raise self._error(doing, error) from error
+
+    def _error(self, doing: str, error: sqlite3.Error) -> SpoolError:
+        return SpoolError(f"the spool file {self.path} cannot {doing}: {error}")
 
     def _connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
@@ -173,10 +180,11 @@ class Spool:
 
     def put(self, name: str, event_id: str, payload: str) -> int:
         """Keep an event until it is published; return its sequence number."""
-        with self._errors("keep events"):
+        # Not within _errors(), a context manager: this is the spool mode's
+        # log(), and a try costs less.
+        try:
             cursor = self._connection().execute(
-                "insert into spool (name, event_id, payload, spooled_at, broker, queue) "
-                "values (?, ?, ?, ?, ?, ?)",
+                _INSERT,
                 (
                     name,
                     event_id,
@@ -186,7 +194,9 @@ class Spool:
                     self.destination.queue,
                 ),
             )
-            return cursor.lastrowid or 0
+        except sqlite3.Error as error:
+            raise self._error("keep events", error) from error
+        return cursor.lastrowid or 0
 
     def put_many(self, events: list[tuple[str, str, str]]) -> None:
         """Keep ``(name, event_id, payload)`` events in one transaction."""
@@ -196,8 +206,7 @@ class Spool:
         broker, queue = self.destination.broker, self.destination.queue
         with self._errors("keep events"), self._transaction() as connection:
             connection.executemany(
-                "insert into spool (name, event_id, payload, spooled_at, broker, queue) "
-                "values (?, ?, ?, ?, ?, ?)",
+                _INSERT,
                 [
                     (name, event_id, payload, now, broker, queue)
                     for name, event_id, payload in events
@@ -262,9 +271,12 @@ class Spool:
         if not self.path.exists():
             return 0
         published = 0
+        done: list[SpooledEvent] = []
         while True:
-            with self._errors("be read"):
-                batch = self._claim()
+            # A published batch is removed in the transaction that claims
+            # the next: one write per batch, while log() writes too.
+            with self._errors("remove published events" if done else "be read"):
+                batch = self._claim(removing=done)
             if not batch:
                 return published
             try:
@@ -273,12 +285,8 @@ class Spool:
                 with self._errors("release events"):
                     self._release(batch)
                 raise
-            with self._errors("remove published events"):
-                self._connection().execute(
-                    f"delete from spool where seq between ? and ? and {_MINE}",
-                    (batch[0].seq, batch[-1].seq, *self._mine),
-                )
             published += len(batch)
+            done = batch
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -293,9 +301,17 @@ class Spool:
                 connection.execute("rollback")
             raise
 
-    def _claim(self) -> list[SpooledEvent]:
+    def _claim(self, removing: list[SpooledEvent]) -> list[SpooledEvent]:
+        """Remove the published events ``removing``, then claim the next
+        batch, in one transaction; an empty batch when another live
+        publisher holds one."""
         now = time.time()
         with self._transaction() as connection:
+            if removing:
+                connection.execute(
+                    f"delete from spool where seq between ? and ? and {_MINE}",
+                    (removing[0].seq, removing[-1].seq, *self._mine),
+                )
             holders = connection.execute(
                 "select distinct claimed_by from spool where claimed_until > ?", (now,)
             ).fetchall()
