@@ -223,7 +223,7 @@ def first_calls(broker: Broker, sink: Sink, processes: int, workdir: Path) -> di
 #: (the data dict).
 LOG_STEPS = {
     "find_event": "eventlib: `find_event(name)` (cached)",
-    "construct": "eventlib: `Order(data)`: a copy of the data, `uuid4()`, `datetime.now()`",
+    "construct": "eventlib: `Order(data)`: a copy of the data, a random UUID, `datetime.now()`",
     "validate": "eventlib: `event.validate()`, the `clean()` of `Order`",
     "serialize": "eventlib: `serialize_event(event)`",
     "argsrepr_eventlib": "Celery: `saferepr()` of the args for the `argsrepr` header, eventlib",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from . import _state
 from .discovery import EVENTS_MODULE
 from .exceptions import ValidationError
 from .registry import DEFAULT_BACKOFF, DEFAULT_RETRIES, HANDLER_REGISTRY, check_retry_options
@@ -25,6 +27,45 @@ def _app_of(module: str) -> str:
         last = len(parts) - 1 - parts[::-1].index(EVENTS_MODULE)
         return ".".join(parts[:last])
     return module
+
+
+class _EventIds:
+    """The ids of new events: random UUIDs (version 4), as ``uuid.uuid4()``
+    makes them, from the operating system's random source, read for 256 ids
+    at a time.
+
+    ``uuid.uuid4()`` reads 16 bytes per id, and each read lets other threads
+    take the interpreter lock: the publisher thread of the background and
+    spool modes, when it has work, took it at almost every ``log()``, which
+    then waited until that thread blocked on the network (the slowest
+    ``log()`` calls of a burst).  A forked child reads afresh, so that it
+    never makes its parent's ids.  Thread-safe: each id of a read is handed
+    out once.
+    """
+
+    _PER_READ = 1024
+
+    def __init__(self) -> None:
+        self._pool: Iterator[bytes] = iter(())
+
+    def new(self) -> str:
+        try:
+            raw = next(self._pool)
+        except StopIteration:
+            read = os.urandom(16 * self._PER_READ)
+            pool = self._pool = iter([read[i : i + 16] for i in range(0, len(read), 16)])
+            raw = next(pool)
+        return str(uuid.UUID(bytes=raw, version=4))
+
+    def reset(self) -> None:
+        self._pool = iter(())
+
+    def _after_fork(self) -> None:
+        self.reset()
+
+
+_event_ids = _EventIds()
+_state.process_state(_event_ids)
 
 
 class BaseEvent:
@@ -88,7 +129,7 @@ class BaseEvent:
         self.data: dict[str, Any] = {} if data is None else dict(data)
         self.source = source
         self.client_address = client_address
-        self.id: str = id if id is not None else str(uuid.uuid4())
+        self.id: str = id if id is not None else _event_ids.new()
         self.created_at: datetime = created_at if created_at is not None else datetime.now(UTC)
 
     def __repr__(self) -> str:

@@ -52,11 +52,12 @@ from types import FrameType
 from typing import Any
 
 from celery import Celery
+from celery.utils import uuid
 from kombu.connection import Connection
 from kombu.pools import ProducerPool
 from kombu.utils.url import maybe_sanitize_url
 
-from . import _state, metrics
+from . import _state, messages, metrics
 from .conf import Settings, get_settings
 from .embedded import SCHEME, default_path, url_for
 from .exceptions import ConfigurationError, DispatchError, SpoolError
@@ -88,6 +89,7 @@ logger = logging.getLogger("eventlib")
 PROCESS_TASK = "eventlib.process"
 BATCH_TASK = "eventlib.process_batch"
 RETRY_TASK = "eventlib.retry_handler"
+_EVENT_TASKS = (PROCESS_TASK, BATCH_TASK)
 
 #: One retry at once, for a pooled connection the broker closed meanwhile;
 #: a broker that is down is the spool's business.
@@ -134,11 +136,16 @@ class Sender:
         self._lock = threading.RLock()
         self._own_app: Celery | None = None
         self._pools: dict[int, ProducerPool] = {}
+        self._routes: dict[tuple[int, str, str], messages.Route | None] = {}
         self._spools: dict[tuple[str, str, str | None, int], Spool] = {}
         self.circuit = Circuit()
         self._next_probe = 0.0
         self._buffer: deque[Outgoing | _FlushMark] = deque()
         self._wake = threading.Event()
+        #: Whether the publisher waits for work (then it is woken), and
+        #: whether work came since its round began.
+        self._idle = False
+        self._work = False
         self._thread: threading.Thread | None = None
         self._stopping = False
         #: Whether the spool may hold events of this process's destination.
@@ -182,7 +189,7 @@ class Sender:
             if len(self._buffer) < settings.buffer_size:
                 self._buffer.append((name, event_id, payload))
                 self._start_publisher()
-                self._wake.set()
+                self._work_for_publisher()
             else:
                 self._spool_in_caller(settings, [(name, event_id, payload)], None)
         elif mode == "spool":
@@ -226,7 +233,14 @@ class Sender:
         metrics.increment("spooled", len(events))
         self._spool_waiting = self._spooled_here = True
         self._start_publisher()
-        self._wake.set()
+        self._work_for_publisher()
+
+    def _work_for_publisher(self) -> None:
+        """Tell the publisher there is work; wake it only if it waits (a
+        thread at work looks for more before it waits again)."""
+        self._work = True
+        if self._idle:
+            self._wake.set()
 
     def send_task(
         self,
@@ -341,22 +355,38 @@ class Sender:
         """Publish one message of eventlib's task ``task`` to eventlib's
         queue, with eventlib's pools, timeouts and retry policy; return
         whether it was published: not when ``unless()`` is true once a
-        connection was had."""
+        connection was had.
+
+        The event tasks' messages are built by :mod:`eventlib.messages`,
+        when the app lets it; the others by Celery's ``send_task()``."""
         settings = get_settings()
+        route = self._route(app, task, settings.queue) if task in _EVENT_TASKS else None
         with self._producers(app).acquire(block=True, timeout=settings.broker_timeout) as producer:
             if unless is not None and unless():
                 return False
-            app.send_task(
-                task,
-                args=args,
-                queue=settings.queue,
-                producer=producer,
-                serializer="json",
-                retry=True,
-                retry_policy=_retry_policy(settings.broker_timeout),
-                add_to_parent=False,
-                **options,
-            )
+            if route is not None:
+                messages.publish(
+                    producer,
+                    app,
+                    route,
+                    tuple(args),
+                    task_id=options.get("task_id") or uuid(),
+                    shadow=options["shadow"],
+                    argsrepr=options.get("argsrepr"),
+                    retry_policy=_retry_policy(settings.broker_timeout),
+                )
+            else:
+                app.send_task(
+                    task,
+                    args=args,
+                    queue=settings.queue,
+                    producer=producer,
+                    serializer="json",
+                    retry=True,
+                    retry_policy=_retry_policy(settings.broker_timeout),
+                    add_to_parent=False,
+                    **options,
+                )
         self._broker_answered = True
         return True
 
@@ -418,7 +448,12 @@ class Sender:
         while not self._stopping:
             waiting = self.circuit.is_open or self._spool_waiting
             settings = get_settings()
-            self._wake.wait(settings.spool_probe_interval if waiting else None)
+            # _work_for_publisher() sets _work, then reads _idle: either
+            # this sees its work, or it sees this waiting and wakes it.
+            self._idle = True
+            if not self._work:
+                self._wake.wait(settings.spool_probe_interval if waiting else None)
+            self._idle = self._work = False
             self._wake.clear()
             self._round(settings)
 
@@ -671,6 +706,16 @@ class Sender:
                     self._pools[id(app)] = pool
         return pool
 
+    def _route(self, app: Celery, task: str, queue: str) -> messages.Route | None:
+        """How ``task`` is published to ``queue`` on ``app``
+        (:func:`eventlib.messages.route`), worked out once."""
+        key = (id(app), task, queue)
+        try:
+            return self._routes[key]
+        except KeyError:
+            found = self._routes[key] = messages.route(app, task, queue)
+            return found
+
     def spool(self, settings: Settings | None = None) -> Spool:
         """The spool of ``spool_path``, for this process's destination.
         Builds no Celery app, and imports no transport: it serves at
@@ -700,6 +745,7 @@ class Sender:
         with self._lock:
             app, self._own_app = self._own_app, None
             pools, self._pools = list(self._pools.values()), {}
+            self._routes = {}
             self._spools.clear()
             self.circuit.close()
             self._spool_waiting = True
@@ -751,6 +797,7 @@ class Sender:
             spool.after_fork()
         self._buffer = deque()
         self._wake = threading.Event()
+        self._idle = self._work = False
         self._thread = None
         self._stopping = False
         self._broker_answered = False

@@ -53,9 +53,13 @@ LEASE_SECONDS = 60.0
 #: How many events one claim takes at most.
 BATCH = 100
 
+#: ``seq`` is the rowid, without AUTOINCREMENT, which writes a second page
+#: for every insert (files of earlier releases keep it): a ``seq`` is used
+#: again only once every later event has left, and a batch is removed by
+#: its claim, never by ``seq`` alone (:meth:`Spool.flush`).
 _SCHEMA = """
 create table if not exists spool (
-    seq integer primary key autoincrement,
+    seq integer primary key,
     name text not null,
     event_id text not null,
     payload text not null,
@@ -72,6 +76,10 @@ _MINE = "(broker is null or (broker = ? and queue = ?))"
 #: Columns added since the first release, for spool files written by it
 #: (whose events, with no destination, go to whichever broker flushes them).
 _ADDED_COLUMNS = ("broker", "queue", "claimed_by")
+_INSERT = (
+    "insert into spool (name, event_id, payload, spooled_at, broker, queue) "
+    "values (?, ?, ?, ?, ?, ?)"
+)
 #: This host, as a claim names it (see :func:`_claimer_alive`).
 _HOST = socket.gethostname()
 
@@ -153,7 +161,10 @@ class Spool:
         try:
             yield
         except sqlite3.Error as error:
-            raise SpoolError(f"the spool file {self.path} cannot {doing}: {error}") from error
+            raise self._error(doing, error) from error
+
+    def _error(self, doing: str, error: sqlite3.Error) -> SpoolError:
+        return SpoolError(f"the spool file {self.path} cannot {doing}: {error}")
 
     def _connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
@@ -173,10 +184,11 @@ class Spool:
 
     def put(self, name: str, event_id: str, payload: str) -> int:
         """Keep an event until it is published; return its sequence number."""
-        with self._errors("keep events"):
+        # Not within _errors(), a context manager: this is the spool mode's
+        # log(), and a try costs less.
+        try:
             cursor = self._connection().execute(
-                "insert into spool (name, event_id, payload, spooled_at, broker, queue) "
-                "values (?, ?, ?, ?, ?, ?)",
+                _INSERT,
                 (
                     name,
                     event_id,
@@ -186,7 +198,9 @@ class Spool:
                     self.destination.queue,
                 ),
             )
-            return cursor.lastrowid or 0
+        except sqlite3.Error as error:
+            raise self._error("keep events", error) from error
+        return cursor.lastrowid or 0
 
     def put_many(self, events: list[tuple[str, str, str]]) -> None:
         """Keep ``(name, event_id, payload)`` events in one transaction."""
@@ -196,8 +210,7 @@ class Spool:
         broker, queue = self.destination.broker, self.destination.queue
         with self._errors("keep events"), self._transaction() as connection:
             connection.executemany(
-                "insert into spool (name, event_id, payload, spooled_at, broker, queue) "
-                "values (?, ?, ?, ?, ?, ?)",
+                _INSERT,
                 [
                     (name, event_id, payload, now, broker, queue)
                     for name, event_id, payload in events
@@ -233,7 +246,8 @@ class Spool:
         return SpoolStatus(count, age, max(held, default=None), tuple(elsewhere))
 
     def holds(self, seq: int) -> bool:
-        """Whether the event of sequence number ``seq`` is still waiting."""
+        """Whether the event of sequence number ``seq`` is still waiting (a
+        sequence number is used again once every later event has left)."""
         if not self.path.exists():
             return False
         with self._errors("be read"):
@@ -262,23 +276,25 @@ class Spool:
         if not self.path.exists():
             return 0
         published = 0
+        done: _Claim | None = None
         while True:
-            with self._errors("be read"):
-                batch = self._claim()
-            if not batch:
+            # A published batch is removed in the transaction that claims
+            # the next: one write per batch, while log() writes too.
+            with self._errors("remove published events" if done else "be read"):
+                claim = self._claim(removing=done)
+            if claim is None:
                 return published
             try:
-                publish(batch)
+                publish(claim.events)
             except BaseException:
                 with self._errors("release events"):
-                    self._release(batch)
+                    self._connection().execute(
+                        f"update spool set claimed_until = null where {_CLAIMED}",
+                        claim.rows(self._mine),
+                    )
                 raise
-            with self._errors("remove published events"):
-                self._connection().execute(
-                    f"delete from spool where seq between ? and ? and {_MINE}",
-                    (batch[0].seq, batch[-1].seq, *self._mine),
-                )
-            published += len(batch)
+            published += len(claim.events)
+            done = claim
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -293,36 +309,56 @@ class Spool:
                 connection.execute("rollback")
             raise
 
-    def _claim(self) -> list[SpooledEvent]:
+    def _claim(self, removing: _Claim | None) -> _Claim | None:
+        """Remove the published events of the claim ``removing``, then
+        claim the next batch, in one transaction; ``None`` when nothing
+        waits or another live publisher holds a batch."""
         now = time.time()
         with self._transaction() as connection:
+            if removing is not None:
+                connection.execute(f"delete from spool where {_CLAIMED}", removing.rows(self._mine))
             holders = connection.execute(
                 "select distinct claimed_by from spool where claimed_until > ?", (now,)
             ).fetchall()
             if any(_claimer_alive(holder) for (holder,) in holders):
-                return []
+                return None
             rows = connection.execute(
                 "select seq, name, event_id, payload, spooled_at from spool "
                 f"where {_MINE} order by seq limit ?",
                 (*self._mine, BATCH),
             ).fetchall()
-            if rows:
-                connection.execute(
-                    "update spool set claimed_until = ?, claimed_by = ? "
-                    f"where seq between ? and ? and {_MINE}",
-                    (now + LEASE_SECONDS, _claimer(), rows[0][0], rows[-1][0], *self._mine),
-                )
-        return [SpooledEvent(*row) for row in rows]
-
-    def _release(self, events: list[SpooledEvent]) -> None:
-        self._connection().execute(
-            f"update spool set claimed_until = null where seq between ? and ? and {_MINE}",
-            (events[0].seq, events[-1].seq, *self._mine),
-        )
+            if not rows:
+                return None
+            claim = _Claim([SpooledEvent(*row) for row in rows], _claimer(), now + LEASE_SECONDS)
+            connection.execute(
+                "update spool set claimed_until = ?, claimed_by = ? "
+                f"where seq between ? and ? and {_MINE}",
+                (claim.until, claim.claimer, rows[0][0], rows[-1][0], *self._mine),
+            )
+        return claim
 
     @property
     def _mine(self) -> tuple[str, str]:
         return self.destination.broker, self.destination.queue
+
+
+#: The rows of a claim (:meth:`_Claim.rows`): its events that it still
+#: holds, not those of a claim that took them over once its lease ended.
+_CLAIMED = f"seq between ? and ? and claimed_by = ? and claimed_until = ? and {_MINE}"
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """A batch a publisher claimed: its events, and the claimer and lease
+    end the claim wrote on their rows."""
+
+    events: list[SpooledEvent]
+    claimer: str
+    until: float
+
+    def rows(self, mine: tuple[str, str]) -> tuple[object, ...]:
+        """The parameters of :data:`_CLAIMED` for this claim."""
+        return (self.events[0].seq, self.events[-1].seq, self.claimer, self.until, *mine)
 
 
 def _add_missing_columns(connection: sqlite3.Connection) -> None:

@@ -4,11 +4,16 @@ instances, and how its data is validated."""
 from __future__ import annotations
 
 import importlib
+import os
+import threading
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from eventlib import HANDLER_REGISTRY, BaseEvent, ValidationError
+
+from .forking import read_with_deadline
 
 SHOP_EVENTS = """
     from eventlib import BaseEvent, handler
@@ -79,11 +84,40 @@ def test_event_data_defaults_to_an_empty_dict(shop):
     assert shop.Refund().data == {}
 
 
-def test_event_id_is_a_string_unique_per_instance(shop):
-    ids = {shop.Refund().id for _ in range(50)}
+def test_event_id_is_a_random_uuid_unique_per_instance(shop):
+    # More than one read of the random source, and from threads at once.
+    made: list[str] = []
 
-    assert len(ids) == 50
-    assert all(isinstance(event_id, str) and event_id for event_id in ids)
+    def make() -> None:
+        made.extend(shop.Refund().id for _ in range(1500))
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert len(set(made)) == len(made) == 6000
+    assert all(uuid.UUID(event_id).version == 4 for event_id in made)
+    assert all(str(uuid.UUID(event_id)) == event_id for event_id in made)
+
+
+def test_a_forked_child_makes_ids_its_parent_does_not(shop):
+    shop.Refund()  # the parent has ids read ahead
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: reports on the pipe, never returns into pytest
+        try:
+            os.close(read)
+            os.write(write, " ".join(shop.Refund().id for _ in range(10)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    in_child = set(read_with_deadline(read, pid, 20).split())
+
+    in_parent = {shop.Refund().id for _ in range(10)}
+    assert len(in_child) == 10
+    assert not in_child & in_parent
 
 
 def test_event_created_at_is_timezone_aware_utc(shop):

@@ -18,6 +18,7 @@ from eventlib.sending import sender, spool_status
 
 from .forking import read_with_deadline
 from .memory_broker import take_messages
+from .waiting import wait_for
 
 SHOP_EVENTS = """
     from eventlib import BaseEvent
@@ -118,6 +119,23 @@ def test_events_waiting_together_go_in_batches_bounded_in_count_and_bytes(shop, 
             assert (
                 message.headers["argsrepr"] == f"[{len(batch)} events: shop.Purchase x{len(batch)}]"
             )
+
+
+@pytest.mark.parametrize("mode", ["background", "spool"])
+def test_each_event_is_published_without_a_flush_whenever_it_comes(shop, memory_app, mode):
+    # The publisher is woken only when it waits: an event logged as it
+    # finishes a round, or while it waits, must not be left behind.
+    eventlib.configure(celery_app=memory_app, dispatch=mode)
+    found: list = []
+
+    def published(event_id: str) -> bool:
+        found.extend(take_messages(memory_app))
+        return event_id in events_in(found)
+
+    for burst in (1, 1, 5, 1, 30, 1, 2, 1):
+        last = [eventlib.log("shop.Purchase", {"n": n}) for n in range(burst)][-1]
+        wait_for(lambda last=last: published(last), what=f"a burst of {burst} events published")
+    assert len(events_in(found)) == 42
 
 
 def test_log_returns_before_the_event_is_published_in_background_mode(shop, memory_app):

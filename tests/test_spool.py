@@ -268,3 +268,30 @@ def test_the_claim_of_another_host_holds_until_its_lease_ends(spool):
 
     assert spool.status().held_until is not None
     assert _flushed(spool) == []
+
+
+def test_a_batch_taken_over_is_not_removed_by_its_first_publisher(spool):
+    fill(spool, 3)
+    published: list[str] = []
+
+    def publish(batch: list[SpooledEvent]) -> None:
+        published.extend(event.event_id for event in batch)
+        if len(published) == 3:
+            # While this publisher is slow, its lease ends: another takes the
+            # batch over, publishes and removes it, and new events come,
+            # numbered as the removed ones were.
+            with sqlite3.connect(spool.path) as other:
+                other.execute("delete from spool")
+            assert [spool.put("shop.Purchase", f"new-{n}", "{}") for n in range(2)] == [1, 2]
+
+    spool.flush(publish)
+
+    assert published == ["id-0", "id-1", "id-2", "new-0", "new-1"]
+    assert spool.status().count == 0
+
+
+def test_a_new_spool_file_numbers_events_without_autoincrement(spool):
+    fill(spool, 1)
+    with sqlite3.connect(spool.path) as connection:
+        [(schema,)] = connection.execute("select sql from sqlite_master where name = 'spool'")
+    assert "autoincrement" not in schema.lower()
