@@ -195,8 +195,8 @@ def send(event: BaseEvent) -> None:
     if sender.is_eager(app) or sender.recording:
         processing.process_external(event.name, payload, group=None)
         return
-    with app.pool.acquire(block=True, timeout=get_settings().broker_timeout) as connection:
-        routing_keys = _routing_keys(connection)
+    with sender.producer(app) as producer:
+        routing_keys = _routing_keys(producer.connection)
     for routing_key in routing_keys:
         sender.send_task(
             EXTERNAL_TASK,

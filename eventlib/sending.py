@@ -685,6 +685,12 @@ class Sender:
                     app = self._own_app = _create_app(settings)
         return app
 
+    def producer(self, app: Celery) -> Any:
+        """A producer of eventlib's pool for ``app`` (:meth:`_producers`),
+        as a context manager, waited for at most ``broker_timeout``
+        seconds: its connection has eventlib's timeouts."""
+        return self._producers(app).acquire(block=True, timeout=get_settings().broker_timeout)
+
     def _producers(self, app: Celery) -> ProducerPool:
         """The producers events are published with: a pool of eventlib's
         own for ``app`` in this process, with eventlib's timeouts and

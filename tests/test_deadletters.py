@@ -718,7 +718,7 @@ def test_dead_help_describes_each_command():
         ((), "List, show, retry and purge dead letters."),
         (("list",), "List the dead letters by the time of their last failure, oldest"),
         (("show",), "Show everything about the dead letter ID"),
-        (("retry",), "Run the dead letter ID (or --all of them) again"),
+        (("retry",), "Run the dead letter ID (or --all of them, or all those --event"),
         (("purge",), "Delete every dead letter, or those the options keep"),
     ]:
         code, out, _ = eventlib_command("dead", *command, "--help")
