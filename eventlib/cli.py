@@ -241,8 +241,9 @@ def log_command(name: str, pairs: tuple[str, ...], as_json: str | None) -> None:
     spool: the id is printed all the same, one line on stderr says so, and
     the command exits 3; `eventlib spool flush` sends it later.
     """
+    from .brokers import broker_name
     from .dispatch import log
-    from .sending import broker_name, celery_app, flush
+    from .sending import celery_app, flush
 
     data = _parse_data(pairs, as_json)
     with _errors_as_exit_codes():
@@ -293,7 +294,8 @@ def worker(celery_args: tuple[str, ...]) -> None:
     --pool, ...).  With a Celery app of your own, name it with -A
     (`eventlib -A proj worker`), or run `celery -A proj worker -Q eventlib`.
     """
-    from .sending import celery_app, check_broker
+    from .brokers import check_broker
+    from .sending import celery_app
 
     apps = _require_apps()
     with _errors_as_exit_codes():
@@ -336,8 +338,9 @@ def listen(group: str, celery_args: tuple[str, ...]) -> None:
     ...); its node name is listen-GROUP-PID@HOST unless -n gives one.
     """
     from .broadcast import check_group_name, register_group, set_listening_group
+    from .brokers import check_broker
     from .registry import EXTERNAL_HANDLER_REGISTRY
-    from .sending import celery_app, check_broker
+    from .sending import celery_app
 
     apps = _require_apps()
     with _errors_as_exit_codes():

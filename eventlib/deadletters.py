@@ -58,9 +58,10 @@ from sqlalchemy.sql import ColumnElement
 from . import _state, metrics
 from ._sqlite import use_wal
 from .broadcast import EXCHANGE, EXTERNAL_TASK, NoSuchGroup, check_group, group_of_key
+from .brokers import broker_name
 from .conf import get_settings
 from .exceptions import ConfigurationError, DispatchError
-from .sending import RETRY_TASK, broker_name, sender
+from .sending import RETRY_TASK, sender
 from .serialization import deserialize_event
 
 if TYPE_CHECKING:

@@ -46,7 +46,8 @@ from waiting import wait_for  # noqa: E402
 
 import eventlib  # noqa: E402
 from eventlib import deadletters  # noqa: E402
-from eventlib.sending import broker_name, celery_app  # noqa: E402
+from eventlib.brokers import broker_name  # noqa: E402
+from eventlib.sending import celery_app  # noqa: E402
 
 FAILURE = re.compile(r"Handler (\S+) failed on event")
 #: The handler of examples/shop/events.py that always raises, to show failures.

@@ -12,7 +12,7 @@ from celery import Celery
 from sure import expect
 
 import eventlib
-from eventlib import conf, dispatch, sending
+from eventlib import brokers, conf, dispatch, sending
 from eventlib.serialization import deserialize_event
 
 SHOP_EVENTS = """
@@ -526,7 +526,7 @@ def test_own_app_sends_to_its_broker(shop, memory_app):
     ],
 )
 def test_every_broker_wait_is_bounded_by_broker_timeout(url, expected):
-    assert sending.transport_options(url, 1.5) == expected
+    assert brokers.transport_options(url, 1.5) == expected
 
 
 def test_own_app_merges_the_users_transport_options():

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import pytest
 
 import eventlib
-from eventlib import DispatchError, metrics
+from eventlib import DispatchError, brokers, metrics
 from eventlib.sending import sender, spool_status
 
 from .forking import read_with_deadline
@@ -202,8 +202,8 @@ def test_log_recovers_after_an_outage_in_which_the_spool_could_not_be_written(
             raise DispatchError("the broker is down")
 
     sender._publish = flaky_publish
-    check = eventlib.sending.check_broker
-    eventlib.sending.check_broker = flaky_check
+    check = brokers.check_broker
+    brokers.check_broker = flaky_check
     try:
         with pytest.raises(DispatchError, match="nor keep it in the spool"):
             eventlib.log("shop.Purchase", {"n": 1})
@@ -219,7 +219,7 @@ def test_log_recovers_after_an_outage_in_which_the_spool_could_not_be_written(
         event_id = eventlib.log("shop.Purchase", {"n": 3})
     finally:
         del sender._publish
-        eventlib.sending.check_broker = check
+        brokers.check_broker = check
     assert events_in(take_messages(memory_app)) == [event_id]
 
 

@@ -50,8 +50,8 @@ from kombu import Connection
 from kombu.exceptions import DecodeError
 
 from eventlib import conf
+from eventlib.brokers import transport_options
 from eventlib.embedded import url_for
-from eventlib.sending import transport_options
 
 QUEUE = "bench_embedded"
 COMMAND = ".venv/bin/python docs/design/embedded_transports.py"

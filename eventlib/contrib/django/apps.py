@@ -15,11 +15,11 @@ from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperation
 from django.db import transaction
 
+from eventlib.brokers import project_celery_app
 from eventlib.conf import ENV_PREFIX, Settings, configure, get_settings, import_celery_app
 from eventlib.discovery import autodiscover
 from eventlib.dispatch import set_sync_runner, set_transaction_hook
 from eventlib.exceptions import ConfigurationError
-from eventlib.sending import project_celery_app
 
 __all__ = ["HTTP_SETTING", "SETTING_NAMES", "EventlibConfig", "configure_from_settings"]
 
