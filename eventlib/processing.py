@@ -406,23 +406,15 @@ def _send_retries(run: _Run, retries: list[_Retry]) -> tuple[str, ...]:
             try:
                 if here:
                     _here.pending.append((run, args))
-                elif run.external:
-                    sender.send_task(
-                        EXTERNAL_TASK,
-                        args,
-                        countdown=retry.delay,
-                        app=run.app,
-                        shadow=f"{run.name} retry of {retry.handler}",
-                        exchange=broadcast.EXCHANGE.name,
-                        routing_key=run.group or "",
-                    )
                 else:
+                    task, routing = _retry_destination(run)
                     sender.send_task(
-                        RETRY_TASK,
+                        task,
                         args,
                         countdown=retry.delay,
                         app=run.app,
                         shadow=f"{run.name} retry of {retry.handler}",
+                        **routing,
                     )
             except Exception as error:
                 run.log(retry.handler).exception(
@@ -437,6 +429,20 @@ def _send_retries(run: _Run, retries: list[_Retry]) -> tuple[str, ...]:
                 metrics.increment("retries")
                 sent.append(retry.handler)
     return tuple(sent)
+
+
+def _retry_destination(run: _Run) -> tuple[str, dict[str, Any]]:
+    """The task that runs a handler of ``run`` again, and where it goes:
+    ``eventlib.external`` to the listeners of ``run``'s group for an
+    external handler, ``eventlib.retry_handler`` to eventlib's queue
+    otherwise."""
+    if run.external:
+        routing: dict[str, Any] = {
+            "exchange": broadcast.EXCHANGE.name,
+            "routing_key": run.group or "",
+        }
+        return EXTERNAL_TASK, routing
+    return RETRY_TASK, {}
 
 
 _here = threading.local()
