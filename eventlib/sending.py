@@ -610,15 +610,17 @@ class Sender:
 
         Waits for the buffer's events and then the spool's (of this
         process's destination) to be published, at most ``timeout`` seconds
-        (``None``: no limit).  Returns ``False`` when the timeout passed
-        first, or when the broker cannot take them: they are then in the
-        spool, and the publisher keeps trying.
+        (``None``: no limit).  A broker found down before is asked again at
+        once, not at the next ``spool_probe_interval``.  Returns ``False``
+        when the timeout passed first, or when the broker cannot take them:
+        they are then in the spool, and the publisher keeps trying.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         if get_settings().always_eager or self._recorders:
             return True
         if self._thread is None and not self._buffer and not self._spooled_here:
             return True  # nothing logged here yet
+        self._next_probe = 0.0
         mark = _FlushMark()
         self._buffer.append(mark)
         self._start_publisher()

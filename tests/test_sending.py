@@ -311,6 +311,35 @@ def test_flush_with_nothing_logged_returns_at_once():
     assert eventlib.flush(timeout=0.5)
 
 
+def test_flush_asks_a_broker_found_down_again_at_once(shop, memory_app, tmp_path):
+    eventlib.configure(
+        celery_app=memory_app,
+        spool_path=str(tmp_path / "spool.sqlite"),
+        spool_probe_interval=3600,  # no probe comes by itself during the test
+    )
+    publish = sender._publish
+    down = True
+
+    def flaky_publish(*args, **kwargs):
+        if down:
+            raise ConnectionRefusedError("the broker is down")
+        return publish(*args, **kwargs)
+
+    sender._publish = flaky_publish
+    try:
+        spooled = eventlib.log("shop.Purchase", {"n": 1})
+        assert not eventlib.flush(timeout=5)  # the broker is down: spooled
+        assert sender.circuit.is_open
+        down = False
+        buffered = eventlib.log("shop.Purchase", {"n": 2})
+
+        assert eventlib.flush(timeout=5)
+    finally:
+        del sender._publish
+    assert not sender.circuit.is_open
+    assert events_in(take_messages(memory_app)) == [spooled, buffered]
+
+
 def test_a_spool_file_kept_by_sqlite_is_durable_before_log_returns_in_spool_mode(
     shop, refusing_port, tmp_path
 ):
