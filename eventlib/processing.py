@@ -6,11 +6,14 @@ raises is logged with its traceback and the next handler still runs.  A
 handler that has retries left runs again, alone (in a worker, later, through
 the task ``eventlib.retry_handler``, which runs :func:`retry_handler`); its
 last failure, and an event that cannot be processed at all, become dead
-letters (:mod:`eventlib.deadletters`).
+letters (:mod:`eventlib.deadletters`).  An event that broadcasts gets one
+more handler, last, :func:`eventlib.broadcast.send`; a listener runs the
+external handlers of a broadcast event the same way
+(:func:`process_external`).
 
-The module reads in the order a run goes: the result types, the two entry
-points (:func:`process` and :func:`retry_handler`), loading the event, the
-handler loop, the failure policy (retry or dead letter), dead-letter
+The module reads in the order a run goes: the result types, the entry
+points (:func:`process`, :func:`retry_handler`, :func:`process_external`),
+loading the event, the handler loop, the failure policy (retry or dead letter), dead-letter
 recording, and what every log record says about the run.
 """
 
@@ -190,8 +193,7 @@ def process_external(
     Raises :class:`~eventlib.DeserializationError` when the payload is not
     one, after recording it as a dead letter.
     """
-    run = _Run(name, payload, attempt, app, handler=handler, dead_letter=dead_letter, external=True)
-    run.group = group
+    run = _Run(name, payload, attempt, app, handler, dead_letter, external=True, group=group)
     try:
         envelope = deserialize_event(run.payload)
     except Exception as error:
