@@ -23,12 +23,13 @@ How a copy reaches each group depends on the broker:
   matches: one message is published per group, with the group's name as
   routing key, so that what comes back goes to its own group only.  The
   groups are read from those bindings.
-- kombu's in-memory broker (``memory://``, one process) is served as
-  Redis is, for examples and tests.
-- Other brokers (the embedded SQLite broker among them) keep bindings in
-  the memory of the process that declared them, so that a worker would not
-  see the groups of its listeners: publishing raises
-  :class:`~eventlib.ConfigurationError`.
+- The embedded broker keeps the bindings of :data:`EXCHANGE` in its file
+  (:mod:`eventlib.embedded.transport`), and kombu's in-memory broker
+  (``memory://``, one process) keeps every binding in memory: both are
+  served as Redis is.
+- Other kombu transports keep bindings in the memory of the process that
+  declared them, so that a worker would not see the groups of its
+  listeners: publishing raises :class:`~eventlib.ConfigurationError`.
 
 In eager mode (the ``always_eager`` setting) nothing is published: the
 external handlers of this process run at once, here, as the event's
@@ -212,16 +213,16 @@ def send(event: BaseEvent) -> None:
 def _routing_keys(connection: Connection) -> list[str]:
     """The routing keys to publish a broadcast event with on
     ``connection``'s broker: :data:`EVERY_GROUP` once on RabbitMQ, each
-    group's name on Redis."""
+    group's name on Redis and the embedded broker."""
     driver = connection.transport.driver_type
     if driver == "amqp":
         return [EVERY_GROUP]
-    if driver in ("redis", "memory"):
+    if driver in ("redis", "memory") or getattr(connection.transport, "shares_bindings", False):
         return sorted(_bound_groups(connection.default_channel))
     raise ConfigurationError(
         f"cannot broadcast through the broker {connection.as_uri()}: broadcast needs "
-        f"RabbitMQ or Redis (the {driver} transport keeps its exchanges' bindings in "
-        "the memory of one process)"
+        f"RabbitMQ, Redis or eventlib's embedded broker (the {driver} transport keeps "
+        "its exchanges' bindings in the memory of one process)"
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,12 +15,13 @@ from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 
 import eventlib
 from eventlib import broadcast, deadletters, processing, tasks
 from eventlib.broadcast import ExternalEvent
 from eventlib.cli import EXIT_USAGE, main
+from eventlib.embedded import url_for
 from eventlib.exceptions import ConfigurationError, DeserializationError, InvalidEventName
 from eventlib.registry import EXTERNAL_HANDLER_REGISTRY, HandlerOptions, external_handler
 from eventlib.sending import celery_app
@@ -345,10 +347,10 @@ def test_deleting_a_group_drops_its_backlog(shop, memory):
 
 
 def test_a_broker_that_cannot_broadcast_says_so(isolation):
-    url = f"eventlib+sqlite:///{isolation.root}/broker.sqlite"
+    url = f"sqla+sqlite:///{isolation.root}/broker.sqlite"  # kombu's own SQLAlchemy transport
     with (
         Connection(url) as connection,
-        pytest.raises(ConfigurationError, match="broadcast needs RabbitMQ or Redis"),
+        pytest.raises(ConfigurationError, match="needs RabbitMQ, Redis or eventlib's embedded"),
     ):
         broadcast._routing_keys(connection)
 
@@ -441,3 +443,21 @@ def test_a_dead_letter_goes_back_to_its_group_only_while_the_group_is_there(mirr
     with pytest.raises(broadcast.NoSuchGroup, match=f"dead letter {letter.id} cannot be sent"):
         deadletters.retry(letter.id)
     assert deadletters.get(letter.id) is not None
+
+
+def test_the_embedded_broker_keeps_the_broadcast_bindings_in_its_file(isolation):
+    path = isolation.root / "broker.sqlite"
+    with Connection(url_for(path)) as connection:
+        channel = connection.default_channel
+        Queue("orders", Exchange("orders"), "orders")(channel).declare()
+        group = broadcast.group_queue("billing")(channel)
+        group.declare()
+        with sqlite3.connect(path) as database:
+            kept = database.execute("select exchange, routing_key, queue from eventlib_bindings")
+            assert kept.fetchall() == [
+                ("eventlib.broadcast", "billing", "eventlib.broadcast.billing")
+            ]
+        assert broadcast._routing_keys(connection) == ["billing"]
+
+        group.delete()
+        assert broadcast._routing_keys(connection) == []

@@ -1,7 +1,7 @@
 """The embedded broker: a kombu transport on an SQLite file.
 
 Used when no broker is configured, so that a first run needs no server.  It
-is kombu's SQLAlchemy transport with four changes for this use:
+is kombu's SQLAlchemy transport with five changes for this use:
 
 - it polls every 50 ms instead of every second, so an idle worker picks up a
   new event at once;
@@ -13,7 +13,10 @@ is kombu's SQLAlchemy transport with four changes for this use:
 - a channel's SQLAlchemy session is used by one thread at a time: a Celery
   worker polls in its main thread and gives back the message of a lost pool
   process in another, which, on the stock transport, can break the shared
-  session, kill the worker and lose the message.
+  session, kill the worker and lose the message;
+- the bindings of the broadcast exchange (:mod:`eventlib.broadcast`) are
+  kept in the file, not in the memory of the process that made them, so
+  that a worker publishes to the groups its listeners created.
 
 It is registered with kombu as the scheme ``eventlib+sqlite``.  Its file is
 ``broker.sqlite`` in eventlib's state folder (:func:`default_path`), so

@@ -6,12 +6,28 @@ import threading
 from typing import Any
 
 from kombu.transport import sqlalchemy
-from sqlalchemy import delete
+from sqlalchemy import Column, MetaData, String, Table, delete, select
+from sqlalchemy.dialects.sqlite import insert
 
-__all__ = ["CLEANUP_EVERY", "Channel", "Transport"]
+__all__ = ["BINDINGS", "CLEANUP_EVERY", "SHARED_EXCHANGES", "Channel", "Transport"]
 
 #: Delete taken rows after this many messages were taken by one channel.
 CLEANUP_EVERY = 200
+
+#: The exchanges whose bindings every process sees: the broadcast exchange
+#: (:mod:`eventlib.broadcast`), whose groups' queues listeners bind in their
+#: processes and workers publish to from theirs.  kombu keeps the bindings
+#: of the others in the memory of the process that made them, as before.
+SHARED_EXCHANGES = frozenset({"eventlib.broadcast"})
+
+#: The bindings of :data:`SHARED_EXCHANGES`, in the broker's file.
+BINDINGS = Table(
+    "eventlib_bindings",
+    MetaData(),
+    Column("exchange", String(255), primary_key=True),
+    Column("routing_key", String(255), primary_key=True),
+    Column("queue", String(255), primary_key=True),
+)
 
 
 class Channel(sqlalchemy.Channel):
@@ -59,6 +75,54 @@ class Channel(sqlalchemy.Channel):
         with self._session_lock:
             return int(super()._size(queue))
 
+    # The bindings of the shared exchanges: kept in the file, so that a
+    # message published in one process reaches the queues bound in another.
+
+    def queue_bind(
+        self,
+        queue: str,
+        exchange: str | None = None,
+        routing_key: str = "",
+        arguments: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().queue_bind(queue, exchange, routing_key, arguments, **kwargs)
+        if exchange in SHARED_EXCHANGES:
+            row = {"exchange": exchange, "routing_key": routing_key, "queue": queue}
+            with self._session_lock:
+                self._create_bindings()
+                self.session.execute(insert(BINDINGS).values(row).on_conflict_do_nothing())
+                self.session.commit()
+
+    def get_table(self, exchange: str) -> Any:
+        if exchange not in SHARED_EXCHANGES:
+            return super().get_table(exchange)
+        query = select(BINDINGS.c.routing_key, BINDINGS.c.queue).where(
+            BINDINGS.c.exchange == exchange
+        )
+        with self._session_lock:
+            self._create_bindings()
+            rows = self.session.execute(query).all()
+        return [(routing_key, None, queue) for routing_key, queue in rows]
+
+    def queue_delete(
+        self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any
+    ) -> None:
+        if if_empty and self._size(queue):
+            return
+        super().queue_delete(queue, if_unused, if_empty, **kwargs)
+        with self._session_lock:
+            self._create_bindings()
+            self.session.execute(delete(BINDINGS).where(BINDINGS.c.queue == queue))
+            self.session.commit()
+
+    _bindings_created = False
+
+    def _create_bindings(self) -> None:
+        if not self._bindings_created:
+            BINDINGS.create(self.session.get_bind(), checkfirst=True)
+            self._bindings_created = True
+
     def _delete_taken(self) -> None:
         message = self.message_cls
         self.session.execute(delete(message).where(message.visible.is_(False)))
@@ -68,3 +132,5 @@ class Channel(sqlalchemy.Channel):
 class Transport(sqlalchemy.Transport):
     Channel = Channel
     polling_interval = 0.05
+    #: Every process sees the bindings of :data:`SHARED_EXCHANGES`.
+    shares_bindings = True

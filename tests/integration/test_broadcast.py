@@ -540,24 +540,29 @@ def test_groups_list_shows_backlogs_and_listeners_and_delete_removes_a_group(pro
     assert set(project.listed_groups()) == {busy}
 
 
-def test_the_embedded_broker_refuses_to_broadcast(isolation, tmp_path):
-    project = Broadcasting(isolation, tmp_path, url_for(tmp_path / "broker.sqlite"), "events")
-    refusal = "broadcast needs RabbitMQ or Redis"
+def test_the_embedded_broker_broadcasts_between_the_processes_of_a_host(isolation, tmp_path):
+    """The embedded broker keeps the broadcast exchange's bindings in its
+    file: the worker's process sees the groups its listeners and the
+    command line created in theirs."""
+    embedded = Broadcasting(isolation, tmp_path, url_for(tmp_path / "broker.sqlite"), "events")
+    try:
+        running, later = embedded.group("running"), embedded.group("later")
+        created = embedded.eventlib("groups", "create", later)
+        assert created.returncode == 0, created.stderr
+        embedded.start_worker()
+        embedded.start_listener(running)
+        ids = embedded.log_orders(3)
+        embedded.wait_mirrored({running: ids})
+        listed = embedded.wait(
+            lambda: (groups := embedded.listed_groups())[later]["backlog"] == 3 and groups,
+            30,
+            f"3 events waiting for {later}",
+        )
+        assert listed[running]["backlog"] == 0
+        embedded.start_listener(later)
+        embedded.wait_mirrored({later: ids})
 
-    for command in (("groups", "list"), ("groups", "create", "g"), ("listen", "--group", "g")):
-        refused = project.eventlib(*command)
-        assert refused.returncode == 2, (command, refused.stdout, refused.stderr)
-        assert refusal in refused.stderr, command
-
-    # Where the worker broadcasts an event: its handlers ran, the broadcast
-    # failed, was retried and became a dead letter.
-    processed = project.eventlib("process", "shop.Order", "n=1", apps="shop")
-    assert processed.returncode == 1, processed.stderr
-    assert "ok      shop.events.Order.book" in processed.stdout
-    assert "FAILED  eventlib.broadcast.send: ConfigurationError(" in processed.stdout
-    assert refusal in processed.stdout
-    listed = project.eventlib("dead", "list", "--json")
-    [letter] = json.loads(listed.stdout)
-    assert letter["handler"] == "eventlib.broadcast.send"
-    assert letter["attempts"] == broadcast.BROADCAST_OPTIONS.retries + 1
-    assert refusal in letter["reason"]
+        embedded.stop_processes()
+        assert embedded.mirrored(ids) == {running: Counter(ids), later: Counter(ids)}
+    finally:
+        embedded.close()
