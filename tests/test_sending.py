@@ -180,6 +180,32 @@ def test_a_full_buffer_spools_in_the_caller(shop, refusing_port):
     assert spool_status().count == 12
 
 
+@contextmanager
+def broker_down() -> Iterator[threading.Event]:
+    """Make publishing and the broker check fail, as with a broker that is
+    down, until the event given is set."""
+    back = threading.Event()
+    publish, check = sender._publish, brokers.check_broker
+
+    def failing_publish(*args, **kwargs):
+        if not back.is_set():
+            raise ConnectionRefusedError("the broker is down")
+        return publish(*args, **kwargs)
+
+    def failing_check(app=None):
+        if not back.is_set():
+            raise DispatchError("the broker is down")
+        return check(app)
+
+    sender._publish = failing_publish
+    brokers.check_broker = failing_check
+    try:
+        yield back
+    finally:
+        del sender._publish
+        brokers.check_broker = check
+
+
 def test_log_recovers_after_an_outage_in_which_the_spool_could_not_be_written(
     shop, memory_app, tmp_path
 ):
@@ -189,37 +215,14 @@ def test_log_recovers_after_an_outage_in_which_the_spool_could_not_be_written(
         spool_path=str(tmp_path / "missing" / "spool.sqlite"),
         spool_probe_interval=0.05,
     )
-    publish = sender._publish
-    down = True
-
-    def flaky_publish(*args, **kwargs):
-        if down:
-            raise ConnectionRefusedError("the broker is down")
-        return publish(*args, **kwargs)
-
-    def flaky_check(app=None):
-        if down:
-            raise DispatchError("the broker is down")
-
-    sender._publish = flaky_publish
-    check = brokers.check_broker
-    brokers.check_broker = flaky_check
-    try:
+    with broker_down() as back:
         with pytest.raises(DispatchError, match="nor keep it in the spool"):
             eventlib.log("shop.Purchase", {"n": 1})
         with pytest.raises(DispatchError, match="nor keep it in the spool"):
             eventlib.log("shop.Purchase", {"n": 2})  # the circuit is open
-        down = False
-        deadline = threading.Event()
-        for _ in range(200):  # the publisher probes every 0.05 s
-            if not sender.circuit.is_open:
-                break
-            deadline.wait(0.05)
-        assert not sender.circuit.is_open
+        back.set()
+        wait_for(lambda: not sender.circuit.is_open, 10, "the publisher's probe (every 0.05 s)")
         event_id = eventlib.log("shop.Purchase", {"n": 3})
-    finally:
-        del sender._publish
-        brokers.check_broker = check
     assert events_in(take_messages(memory_app)) == [event_id]
 
 
@@ -317,25 +320,14 @@ def test_flush_asks_a_broker_found_down_again_at_once(shop, memory_app, tmp_path
         spool_path=str(tmp_path / "spool.sqlite"),
         spool_probe_interval=3600,  # no probe comes by itself during the test
     )
-    publish = sender._publish
-    down = True
-
-    def flaky_publish(*args, **kwargs):
-        if down:
-            raise ConnectionRefusedError("the broker is down")
-        return publish(*args, **kwargs)
-
-    sender._publish = flaky_publish
-    try:
+    with broker_down() as back:
         spooled = eventlib.log("shop.Purchase", {"n": 1})
         assert not eventlib.flush(timeout=5)  # the broker is down: spooled
         assert sender.circuit.is_open
-        down = False
+        back.set()
         buffered = eventlib.log("shop.Purchase", {"n": 2})
 
         assert eventlib.flush(timeout=5)
-    finally:
-        del sender._publish
     assert not sender.circuit.is_open
     assert events_in(take_messages(memory_app)) == [spooled, buffered]
 

@@ -328,6 +328,15 @@ class Broadcasting:
         except pytest.fail.Exception as failure:
             pytest.fail(f"{failure.msg}; records and logs:\n{self.logs()}")
 
+    def wait_backlog(self, group: str, count: int) -> dict[str, dict[str, Any]]:
+        """Wait until ``count`` events wait for ``group``; return this
+        test's groups as ``eventlib groups list --json`` then shows them."""
+        return self.wait(
+            lambda: (groups := self.listed_groups())[group]["backlog"] == count and groups,
+            30,
+            f"{count} events waiting for {group}",
+        )
+
     def listed_groups(self) -> dict[str, dict[str, Any]]:
         """This test's groups as ``eventlib groups list --json`` shows them."""
         listed = self.eventlib("groups", "list", "--json")
@@ -382,11 +391,7 @@ def test_every_group_gets_every_event_once_one_of_them_after_it_was_killed(proje
     project.wait_mirrored({first: during})
     killed.kill()
     # The killed group keeps what it missed, and only that.
-    listed = project.wait(
-        lambda: (groups := project.listed_groups())[second]["backlog"] == len(during) and groups,
-        30,
-        f"{len(during)} events waiting for {second}",
-    )
+    listed = project.wait_backlog(second, len(during))
     assert listed[first]["backlog"] == 0
     project.start_listener(second)
     project.wait_mirrored({second: during})
@@ -506,11 +511,7 @@ def test_groups_list_shows_backlogs_and_listeners_and_delete_removes_a_group(pro
     ids = project.log_orders(3)
     project.wait_mirrored({busy: ids})
 
-    listed = project.wait(
-        lambda: (groups := project.listed_groups())[idle]["backlog"] == 3 and groups,
-        30,
-        f"3 events waiting for {idle}",
-    )
+    listed = project.wait_backlog(idle, 3)
     amqp = is_amqp(broker)
     assert listed == {
         idle: {
@@ -553,11 +554,7 @@ def test_the_embedded_broker_broadcasts_between_the_processes_of_a_host(isolatio
         embedded.start_listener(running)
         ids = embedded.log_orders(3)
         embedded.wait_mirrored({running: ids})
-        listed = embedded.wait(
-            lambda: (groups := embedded.listed_groups())[later]["backlog"] == 3 and groups,
-            30,
-            f"3 events waiting for {later}",
-        )
+        listed = embedded.wait_backlog(later, 3)
         assert listed[running]["backlog"] == 0
         embedded.start_listener(later)
         embedded.wait_mirrored({later: ids})
