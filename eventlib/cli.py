@@ -409,15 +409,12 @@ def groups_create(name: str) -> None:
 def groups_delete(name: str, yes: bool) -> None:
     """Delete the group NAME, with the events waiting in its queue.  A
     listener of it that still runs creates it again."""
-    from .broadcast import NoSuchGroup, delete_group
+    from .broadcast import delete_group
 
     if not yes:
         click.confirm(f"Delete the group {name} and the events waiting for it?", abort=True)
-    with _errors_as_exit_codes():
-        try:
-            dropped = delete_group(name)
-        except NoSuchGroup as error:
-            _fail(str(error))
+    with _errors_as_exit_codes():  # NoSuchGroup: exit 2, saying so
+        dropped = delete_group(name)
     click.echo(f"deleted the group {name} and {dropped} events waiting for it")
 
 

@@ -320,12 +320,11 @@ class HandlerRegistry(Mapping["type[BaseEvent]", "list[Callable[..., Any]]"]):
         with self._lock:
             methods = self._events[event_class]
             name = event_class.name
-            app_pattern = name.rpartition(".")[0] + ".*"
             functions = [(f, o) for pattern, _, f, o in self._functions if pattern == name]
             patterns = [
                 (f, o)
                 for pattern, _, f, o in self._functions
-                if pattern in (app_pattern, ALL_EVENTS)
+                if pattern != name and matches(pattern, name)
             ]
             entries = [(f, getattr(f, METHOD_MARK)) for f in methods] + functions + patterns
             resolved = self._resolved[event_class] = (
